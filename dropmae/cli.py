@@ -1,0 +1,136 @@
+"""Command line: ``dropmae extract-frames | pretrain | reconstruct | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from dropmae.config import Config, ConfigError, load_config, resolve_run
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="YAML config (params.yaml); repeat to overlay files, later ones win")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override one dotted key, e.g. --set pretrain.epochs=[2]")
+
+
+def _load(args) -> Config:
+    return load_config(args.config, args.overrides)
+
+
+def cmd_extract_frames(args) -> int:
+    from dropmae.data.extract import ExtractionSettings, extract_frames
+
+    config = _load(args)
+    source = args.source
+    if source is None:
+        if args.data_source is None:
+            raise ConfigError("give --source PATH (a video tree or CSV list) or --data-source NAME from data.sources")
+        if args.data_source not in config.data.sources:
+            raise ConfigError(f"data.sources has no source {args.data_source!r}; configured: {sorted(config.data.sources)}")
+        source = config.data.sources[args.data_source].videos
+    ex = config.data.extraction
+    settings = ExtractionSettings(
+        short_side=ex.short_side, frame_stride=ex.frame_stride, jpeg_quality=ex.jpeg_quality,
+        workers=ex.workers, max_bad_fraction=ex.max_bad_fraction, val_fraction=ex.val_fraction,
+    )
+    manifest = extract_frames(source, args.output, settings, progress=not args.quiet)
+    ok = int((manifest["status"] == "ok").sum())
+    print(f"extracted {ok} of {len(manifest)} videos into {args.output} (manifest.csv lists every video)")
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from dropmae.engine.pretrain import pretrain
+
+    config = _load(args)
+    run = resolve_run(config, args.method, args.epochs, args.data_source)
+    data = args.data
+    if data is None:
+        if run.source is None:
+            raise ConfigError("give --data PATH (extracted frames or videos) or --data-source NAME")
+        data = str(Path(config.data.frames_root) / run.source) if config.pretrain.input == "frames" \
+            else config.data.sources[run.source].videos
+    outcome = pretrain(config, run, data, args.output, device=args.device, progress=not args.quiet)
+    if outcome.status == "interrupted":
+        print(f"interrupted after global step {outcome.global_step}; {outcome.checkpoint} written, "
+              f"rerun the same command to resume")
+    else:
+        print(f"finished {run.method} for {run.epochs} epochs ({outcome.global_step} steps, "
+              f"last loss {outcome.last_loss}); checkpoint {outcome.checkpoint}")
+    return 0
+
+
+def cmd_reconstruct(args) -> int:
+    from dropmae.viz.reconstruct import save_reconstruction_grid
+
+    path = save_reconstruction_grid(args.checkpoint, args.data, args.output, num_pairs=args.pairs, split=args.split)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from dropmae.demo_pipeline import run_demo
+
+    config = _load(args)
+    started = time.perf_counter()
+    outputs = run_demo(config, Path(args.output), progress=not args.quiet)
+    for name, path in outputs.items():
+        print(f"{name}: {path}")
+    print(f"demo finished in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dropmae", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    extract = commands.add_parser("extract-frames", help="decode videos into JPEG frames plus a manifest")
+    _add_config_arguments(extract)
+    extract.add_argument("--source", help="a Kinetics-style video tree or a CSV list (path[,label])")
+    extract.add_argument("--data-source", help="a name from data.sources instead of --source")
+    extract.add_argument("--output", required=True, help="folder for frames/ and manifest.csv")
+    extract.add_argument("--quiet", action="store_true", help="no progress bar")
+    extract.set_defaults(handler=cmd_extract_frames)
+
+    train = commands.add_parser("pretrain", help="pretrain TwinMAE or DropMAE (resumes from checkpoint-last)")
+    _add_config_arguments(train)
+    train.add_argument("--method", choices=["twinmae", "dropmae"], help="needed when pretrain.methods lists several")
+    train.add_argument("--epochs", type=int, help="needed when pretrain.epochs lists several")
+    train.add_argument("--data", help="extracted frames folder (pretrain.input: frames) or video source (video)")
+    train.add_argument("--data-source", help="a name from data.sources; data comes from data.frames_root/NAME")
+    train.add_argument("--output", required=True, help="run folder (checkpoints, log.jsonl)")
+    train.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(handler=cmd_pretrain)
+
+    recon = commands.add_parser("reconstruct", help="PNG grid of original / masked / reconstructed frames")
+    recon.add_argument("--checkpoint", required=True)
+    recon.add_argument("--data", required=True, help="extracted frames folder")
+    recon.add_argument("--output", required=True, help="PNG path")
+    recon.add_argument("--pairs", type=int, default=4)
+    recon.add_argument("--split", default="val", help="manifest split to draw pairs from (default: held-out)")
+    recon.set_defaults(handler=cmd_reconstruct)
+
+    demo = commands.add_parser("demo", help="the embedded demo: real clips -> frames -> TwinMAE and DropMAE -> figures")
+    _add_config_arguments(demo)
+    demo.add_argument("--output", default="demo-output")
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as error:
+        print(f"dropmae: configuration error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

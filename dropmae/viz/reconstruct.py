@@ -1,0 +1,99 @@
+"""Reconstruction figure: original / masked / reconstructed for both frames of a few pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from dropmae.config import PretrainRun, config_from_dict  # noqa: E402
+from dropmae.data.pairs import FramePairDataset  # noqa: E402
+from dropmae.engine.checkpoint import load_checkpoint  # noqa: E402
+from dropmae.engine.pretrain import build_model  # noqa: E402
+from dropmae.models.dropmae import DropMAE  # noqa: E402
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+
+
+def load_pretrained(checkpoint_path: str | Path) -> tuple[DropMAE, dict]:
+    """The model of a pretraining checkpoint (in eval mode) and the checkpoint itself."""
+    state = load_checkpoint(checkpoint_path)
+    config = config_from_dict(state["config"])
+    run = PretrainRun(**state["run"])
+    model = build_model(config, run)
+    model.load_state_dict(state["model"])
+    return model.eval(), state
+
+
+@torch.no_grad()
+def reconstruct_pairs(model: DropMAE, frames: torch.Tensor, seed: int = 0):
+    """Pixels of (original, masked, reconstruction with visible patches kept), each [B, 2, 3, H, W]."""
+    torch.manual_seed(seed)
+    _, pred, mask = model(frames)
+    if model.norm_pix_loss:  # undo the per-patch normalisation of the targets
+        target = model.patchify(frames)
+        mean = target.mean(dim=-1, keepdim=True)
+        std = (target.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+        pred = pred * std + mean
+    patch_mask = mask[..., None].expand(-1, -1, pred.shape[-1])
+    visible = model.patchify(frames)
+    reconstruction = model.unpatchify(torch.where(patch_mask.bool(), pred, visible))
+    masked = model.unpatchify(visible * (1 - patch_mask))
+    return frames, masked, reconstruction
+
+
+def _to_image(normalised: torch.Tensor) -> torch.Tensor:
+    return (normalised * IMAGENET_STD + IMAGENET_MEAN).clamp(0, 1).permute(1, 2, 0)
+
+
+def save_reconstruction_grid(
+    checkpoint_path: str | Path,
+    frames_root: str | Path,
+    output_png: str | Path,
+    num_pairs: int = 4,
+    split: str = "val",
+    seed: int = 0,
+) -> Path:
+    """Write a PNG grid: one row per frame of each held-out pair, columns original / masked / reconstruction."""
+    model, state = load_pretrained(checkpoint_path)
+    config = config_from_dict(state["config"])
+    dataset = FramePairDataset(
+        frames_root,
+        input_size=config.model.img_size,
+        max_gap=config.pretrain.frame_gap,
+        split=split,
+        crop_scale=(1.0, 1.0),  # whole frames for viewing
+        seed=seed,
+    )
+    if len(dataset) == 0:
+        raise ValueError(f"{frames_root}: no videos in split {split!r} to reconstruct")
+    count = min(num_pairs, len(dataset))
+    frames = torch.stack([dataset[i] for i in range(count)])
+    original, masked, reconstruction = reconstruct_pairs(model, frames, seed=seed)
+
+    columns = ("original", "masked", "reconstruction")
+    figure, axes = plt.subplots(2 * count, 3, figsize=(3 * 2.2, 2 * count * 2.2), squeeze=False)
+    for pair in range(count):
+        for frame in range(2):
+            row = 2 * pair + frame
+            for col, images in enumerate((original, masked, reconstruction)):
+                axis = axes[row, col]
+                axis.imshow(_to_image(images[pair, frame]).numpy())
+                axis.set_xticks([]), axis.set_yticks([])
+                if row == 0:
+                    axis.set_title(columns[col], fontsize=9)
+                if col == 0:
+                    axis.set_ylabel(f"pair {pair + 1} frame {frame + 1}", fontsize=8)
+    run = state["run"]
+    figure.suptitle(f"{run['method']} epoch {state['epoch']} ({Path(checkpoint_path).name})", fontsize=9)
+    figure.tight_layout()
+    output_png = Path(output_png)
+    output_png.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output_png, dpi=100)
+    plt.close(figure)
+    return output_png
