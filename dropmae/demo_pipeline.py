@@ -22,7 +22,7 @@ def run_demo(config: Config, output_dir: Path, progress: bool = True) -> dict[st
         raise ConfigError(f"data.sources needs a {DEMO_SOURCE!r} source for the demo (see config/demo.yaml)")
     if len(config.pretrain.epochs) != 1:
         raise ConfigError(f"the demo trains one epoch budget; pretrain.epochs lists {config.pretrain.epochs}")
-    videos = build_demo_video_tree(config.data.sources[DEMO_SOURCE].videos)
+    videos = build_demo_video_tree(config.data.sources[DEMO_SOURCE].videos, clip_frames=20)
     frames = Path(config.data.frames_root) / DEMO_SOURCE
     ex = config.data.extraction
     extract_frames(

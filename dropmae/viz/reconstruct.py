@@ -70,8 +70,6 @@ def save_reconstruction_grid(
         crop_scale=(1.0, 1.0),  # whole frames for viewing
         seed=seed,
     )
-    if len(dataset) == 0:
-        raise ValueError(f"{frames_root}: no videos in split {split!r} to reconstruct")
     count = min(num_pairs, len(dataset))
     frames = torch.stack([dataset[i] for i in range(count)])
     original, masked, reconstruction = reconstruct_pairs(model, frames, seed=seed)

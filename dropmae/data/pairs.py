@@ -1,0 +1,237 @@
+"""Frame-pair datasets for DropMAE pretraining: one random pair per video per epoch.
+
+Reproducibility: the randomness of an item (frame indices and augmentation) is a
+pure function of ``(seed, epoch, index)``, so an item is the same whichever
+DataLoader worker loads it and however many items were loaded before; resuming
+training at an epoch replays exactly the same pairs. ``__getitem__`` never touches
+the caller's global RNGs.
+
+With DataLoader workers, call ``set_epoch`` before iterating each epoch and do not
+use ``persistent_workers=True``: persistent workers keep the dataset copy (and its
+epoch) they were started with.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from pathlib import Path
+
+import decord
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, get_worker_info
+from torchvision.transforms import InterpolationMode, v2
+
+from dropmae.data.extract import frame_path, read_manifest
+from dropmae.data.video_index import VideoEntry, index_videos
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def sample_frame_pair(num_frames: int, max_gap: int, rng: np.random.Generator) -> tuple[int, int]:
+    """Indices (earlier, later) of a pair: start ~ U{0..n-2}, end ~ U{start+1..min(n, start+max_gap)-1}.
+
+    With ``max_gap=50`` the two frames are 1 to 49 frames apart.
+    """
+    if num_frames < 2:
+        raise ValueError(f"a frame pair needs num_frames >= 2, got {num_frames}")
+    if max_gap < 2:
+        raise ValueError(f"max_gap must be >= 2 (the gap is 1..max_gap-1), got {max_gap}")
+    start = int(rng.integers(0, num_frames - 1))  # high is exclusive: 0..n-2
+    end = int(rng.integers(start + 1, min(num_frames, start + max_gap)))
+    return start, end
+
+
+class PairAugmentation:
+    """RandomResizedCrop (bicubic) + horizontal flip + ImageNet normalisation for a frame pair.
+
+    By default crop and flip are drawn independently for each frame (as in the
+    authors' code); ``shared_crop=True`` applies the same crop box and flip to both.
+    Randomness comes from torch's global RNG.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        crop_scale: tuple[float, float] = (0.2, 1.0),
+        hflip: bool = True,
+        shared_crop: bool = False,
+    ) -> None:
+        self.input_size = input_size
+        self.shared_crop = shared_crop
+        self.transform = v2.Compose(
+            [
+                v2.RandomResizedCrop(input_size, scale=crop_scale, interpolation=InterpolationMode.BICUBIC),
+                v2.RandomHorizontalFlip(p=0.5 if hflip else 0.0),
+                v2.ToImage(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
+
+    def __call__(self, first: Image.Image, second: Image.Image) -> torch.Tensor:
+        """float32 tensor [2, 3, input_size, input_size]."""
+        if self.shared_crop:
+            # v2 transforms draw their parameters once per call for all inputs.
+            first_view, second_view = self.transform(first, second)
+        else:
+            first_view, second_view = self.transform(first), self.transform(second)
+        return torch.stack([first_view, second_view])
+
+
+def _item_seeds(seed: int, epoch: int, index: int) -> tuple[np.random.Generator, int]:
+    """(numpy generator for the pair indices, torch seed for the augmentation) of one item."""
+    pair_sequence, augment_sequence = np.random.SeedSequence([seed, epoch, index]).spawn(2)
+    return np.random.default_rng(pair_sequence), int(augment_sequence.generate_state(1, np.uint64)[0])
+
+
+class _PairDatasetBase(Dataset):
+    """Shared epoch/seed/rank handling and the deterministic per-item recipe."""
+
+    frame_counts: list[int]  # frames of each video, set by the subclass
+
+    def __init__(self, input_size: int, max_gap: int, crop_scale: tuple[float, float], shared_crop: bool,
+                 seed: int, rank: int) -> None:
+        if max_gap < 2:
+            raise ValueError(f"max_gap must be >= 2, got {max_gap}")
+        self.max_gap = max_gap
+        self.augmentation = PairAugmentation(input_size, crop_scale=crop_scale, shared_crop=shared_crop)
+        self.seed = seed
+        self.epoch = 0
+        self.rank = rank
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_rank(self, rank: int) -> None:
+        self.rank = rank
+
+    def __len__(self) -> int:
+        return len(self.frame_counts)
+
+    def _load_pair(self, index: int, first: int, second: int) -> tuple[Image.Image, Image.Image]:
+        raise NotImplementedError
+
+    def pair_indices(self, index: int) -> tuple[int, int]:
+        """Frame indices of item ``index`` in the current epoch (no decoding)."""
+        rng, _ = _item_seeds(self.seed, self.epoch, index)
+        return sample_frame_pair(self.frame_counts[index], self.max_gap, rng)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        """float32 [2, 3, S, S]: the earlier frame first."""
+        rng, torch_seed = _item_seeds(self.seed, self.epoch, index)
+        first, second = sample_frame_pair(self.frame_counts[index], self.max_gap, rng)
+        first_image, second_image = self._load_pair(index, first, second)
+        with torch.random.fork_rng(devices=[]):  # leave the caller's torch RNG untouched
+            torch.manual_seed(torch_seed)
+            return self.augmentation(first_image, second_image)
+
+
+class FramePairDataset(_PairDatasetBase):
+    """Pairs from extracted frames (manifest rows with status ok and the requested split).
+
+    ``split=None`` takes every ok row.
+    """
+
+    def __init__(
+        self,
+        frames_root: str | Path,
+        input_size: int,
+        max_gap: int = 50,
+        split: str | None = "train",
+        crop_scale: tuple[float, float] = (0.2, 1.0),
+        shared_crop: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+    ) -> None:
+        super().__init__(input_size, max_gap, crop_scale, shared_crop, seed, rank)
+        self.frames_root = Path(frames_root)
+        manifest = read_manifest(self.frames_root)
+        usable = manifest[(manifest["status"] == "ok") & (manifest["frame_count"] >= 2)]
+        if split is not None:
+            usable = usable[usable["split"] == split]
+        if usable.empty:
+            raise ValueError(f"{self.frames_root}: no usable videos with split={split!r} in the manifest")
+        self.video_ids: list[str] = usable["video_id"].tolist()
+        self.frame_counts: list[int] = [int(count) for count in usable["frame_count"]]
+
+    def _load_pair(self, index: int, first: int, second: int) -> tuple[Image.Image, Image.Image]:
+        video_id = self.video_ids[index]
+        return tuple(
+            Image.open(frame_path(self.frames_root, video_id, frame)).convert("RGB") for frame in (first, second)
+        )
+
+
+class VideoFramePairDataset(_PairDatasetBase):
+    """Pairs decoded straight from video files with decord (no extraction step).
+
+    Takes a list of VideoEntry or a source for ``index_videos``. Videos that cannot
+    be opened or have fewer than 2 frames are skipped at construction with a warning.
+    """
+
+    def __init__(
+        self,
+        source: str | Path | list[VideoEntry],
+        input_size: int,
+        max_gap: int = 50,
+        crop_scale: tuple[float, float] = (0.2, 1.0),
+        shared_crop: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+    ) -> None:
+        super().__init__(input_size, max_gap, crop_scale, shared_crop, seed, rank)
+        entries = list(source) if isinstance(source, list) else index_videos(source)
+        self.entries: list[VideoEntry] = []
+        self.frame_counts: list[int] = []
+        skipped = []
+        for entry in entries:
+            try:
+                # Opening builds decord's frame index; the reader is not kept (the
+                # dataset must stay picklable for DataLoader workers).
+                frame_count = len(decord.VideoReader(str(entry.path), num_threads=1))
+            except Exception as error:  # decord raises RuntimeError or DECORDError
+                skipped.append(f"{entry.path} ({type(error).__name__})")
+                continue
+            if frame_count < 2:
+                skipped.append(f"{entry.path} ({frame_count} frame)")
+                continue
+            self.entries.append(entry)
+            self.frame_counts.append(frame_count)
+        if skipped:
+            warnings.warn(
+                f"skipped {len(skipped)} of {len(entries)} videos that cannot be opened or have "
+                f"fewer than 2 frames: {', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''}",
+                stacklevel=2,
+            )
+        if not self.entries:
+            raise ValueError("no usable videos: every video was skipped")
+
+    def _load_pair(self, index: int, first: int, second: int) -> tuple[Image.Image, Image.Image]:
+        path = self.entries[index].path
+        try:
+            frames = decord.VideoReader(str(path), num_threads=1).get_batch([first, second]).asnumpy()
+        except Exception as error:
+            raise RuntimeError(f"{path}: decoding frames {first} and {second} failed: {error}") from error
+        return Image.fromarray(frames[0]), Image.fromarray(frames[1])
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed python, numpy's legacy and torch RNGs per worker.
+
+    Seeds come from (dataset.seed, dataset.epoch, dataset.rank, worker_id), so workers
+    never share a random state (the original code's workers repeated numpy's). The
+    datasets here do not rely on these RNGs; this covers third-party randomness.
+    """
+    info = get_worker_info()
+    dataset = info.dataset if info is not None else None
+    if hasattr(dataset, "seed"):
+        key = [dataset.seed, getattr(dataset, "epoch", 0), getattr(dataset, "rank", 0), worker_id]
+    else:  # a wrapped dataset (e.g. Subset): fall back to torch's per-worker seed
+        key = [info.seed if info is not None else 0, worker_id]
+    state = np.random.SeedSequence(key).generate_state(2, np.uint32)
+    random.seed(int(state[0]))
+    np.random.seed(int(state[0]))  # the legacy global RNG takes 32-bit seeds
+    torch.manual_seed(int(state[1]))

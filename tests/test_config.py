@@ -1,0 +1,105 @@
+"""Configuration: params.yaml and the demo overlay load; every bad kind is named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dropmae.config import ConfigError, config_from_dict, load_config, parse_override, resolve_run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_params_yaml_is_the_paper_recipe():
+    config = load_config(REPO / "params.yaml")
+    assert config.model.encoder == "base" and config.model.img_size == 224 and config.model.patch_size == 16
+    assert (config.model.decoder_dim, config.model.decoder_depth, config.model.decoder_heads) == (512, 8, 16)
+    p = config.pretrain
+    assert p.mask_ratio == 0.75 and p.asad_p == 0.1 and p.frame_gap == 50 and p.blr == 1.5e-4
+    assert p.weight_decay == 0.05 and p.warmup_epochs == 40 and p.crop_scale == [0.2, 1.0]
+    assert p.methods == ["twinmae", "dropmae"] and p.epochs == [400, 800, 1600]
+
+
+def test_demo_overlay_and_set_overrides():
+    config = load_config([REPO / "params.yaml", REPO / "config" / "demo.yaml"], ["pretrain.epochs=[3]"])
+    assert config.model.encoder == "micro"
+    assert config.pretrain.epochs == [3]
+    assert config.pretrain.mask_ratio == 0.75  # untouched keys keep the recipe
+    assert "demo" in config.data.sources
+
+
+@pytest.mark.parametrize(
+    "values, key",
+    [
+        ({"pretrain": {"epochz": [1]}}, "pretrain.epochz"),
+        ({"modle": {}}, "modle"),
+        ({"data": {"extraction": {"shortside": 3}}}, "data.extraction.shortside"),
+        ({"pretrain": {"epochs": 400}}, "pretrain.epochs"),
+        ({"pretrain": {"epochs": [400, "800"]}}, "pretrain.epochs[1]"),
+        ({"pretrain": {"batch_size": 64.5}}, "pretrain.batch_size"),
+        ({"pretrain": {"norm_pix_loss": "yes"}}, "pretrain.norm_pix_loss"),
+        ({"model": {"img_size": "224"}}, "model.img_size"),
+    ],
+)
+def test_unknown_keys_and_wrong_types_are_named(values, key):
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(values)
+    assert key in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "values, key",
+    [
+        ({"pretrain": {"epochs": [0]}}, "pretrain.epochs"),
+        ({"pretrain": {"epochs": [400, -1]}}, "pretrain.epochs"),
+        ({"pretrain": {"epochs": []}}, "pretrain.epochs"),
+        ({"pretrain": {"asad_p": 1.0}}, "pretrain.asad_p"),
+        ({"pretrain": {"asad_p": -0.1}}, "pretrain.asad_p"),
+        ({"pretrain": {"mask_ratio": 1.0}}, "pretrain.mask_ratio"),
+        ({"pretrain": {"mask_ratio": 0.0}}, "pretrain.mask_ratio"),
+        ({"pretrain": {"methods": ["mae"]}}, "pretrain.methods"),
+        ({"pretrain": {"masking": "tube"}}, "pretrain.masking"),
+        ({"pretrain": {"frame_gap": 1}}, "pretrain.frame_gap"),
+        ({"pretrain": {"crop_scale": [0.5, 0.2]}}, "pretrain.crop_scale"),
+        ({"pretrain": {"precision": "fp8"}}, "pretrain.precision"),
+        ({"model": {"encoder": "huge"}}, "model.encoder"),
+        ({"model": {"img_size": 100}}, "model.img_size"),
+        ({"model": {"decoder_heads": 7}}, "model.decoder_heads"),
+        ({"data": {"extraction": {"jpeg_quality": 0}}}, "data.extraction.jpeg_quality"),
+        ({"data": {"extraction": {"val_fraction": 1.0}}}, "data.extraction.val_fraction"),
+    ],
+)
+def test_out_of_range_values_are_named(values, key):
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(values)
+    assert key in str(error.value)
+
+
+def test_bad_files_and_overrides(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("pretrain: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(listing)
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("pretrain.epochs")
+    assert parse_override("pretrain.asad_p=0.2") == {"pretrain": {"asad_p": 0.2}}
+
+
+def test_resolve_run_picks_one_cell():
+    config = config_from_dict({})
+    with pytest.raises(ConfigError, match="--method"):
+        resolve_run(config, None, 400)
+    with pytest.raises(ConfigError, match="--epochs"):
+        resolve_run(config, "dropmae", None)
+    run = resolve_run(config, "twinmae", 800)
+    assert run.drop_probability(config) == 0.0
+    assert resolve_run(config, "dropmae", 800).drop_probability(config) == 0.1
+    with pytest.raises(ConfigError, match="data.sources"):
+        resolve_run(config, "dropmae", 800, source="k999")
