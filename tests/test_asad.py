@@ -237,3 +237,21 @@ def test_every_combination_of_frames_is_consistent():
     for i, j in itertools.product(range(2 * n), repeat=2):
         allowed = frame[i] == frame[j] and i != j
         assert (counts[i, j] > 0) == allowed, (i, j)
+
+
+def test_fused_asad_path_matches_explicit_path():
+    """Training with ASAD runs fused attention with a boolean keep-mask; the explicit path
+    (-inf logits, then softmax) draws the same entries and computes the same output."""
+    torch.manual_seed(0)
+    model = _tiny_model(0.5).train()
+    frames = torch.randn(2, 2, 3, 32, 32)
+    torch.manual_seed(5)
+    fused_loss, fused, _ = model(frames)
+    for block in model.decoder_blocks:
+        block.attn.attention_sink = []
+    torch.manual_seed(5)
+    explicit_loss, explicit, _ = model(frames)
+    torch.testing.assert_close(explicit, fused, rtol=1e-5, atol=1e-5)
+    torch.manual_seed(6)
+    other = model(frames)[1]
+    assert not torch.allclose(other, explicit)  # a different draw changes the output

@@ -65,15 +65,25 @@ class ASADAttention(Attention):
         qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-        logits = (q * self.scale) @ k.transpose(-2, -1)
-        if use_asad:
-            dropped = asad_drop_mask(logits, self.tokens_per_frame, self.asad_p, generator=self.asad_generator)
-            logits = logits.masked_fill(dropped, float("-inf"))
-        attention = logits.softmax(dim=-1)
-        if self.attention_sink is not None:
+        if self.attention_sink is not None:  # analysis: explicit softmax so the probabilities can be kept
+            logits = (q * self.scale) @ k.transpose(-2, -1)
+            if use_asad:
+                dropped = asad_drop_mask(logits, self.tokens_per_frame, self.asad_p, generator=self.asad_generator)
+                logits = logits.masked_fill(dropped, float("-inf"))
+            attention = logits.softmax(dim=-1)
             self.attention_sink.append(attention.detach())
-        attention = self.attn_drop(attention)
-        x = (attention @ v).transpose(1, 2).reshape(batch, length, self.attn_dim)
+            x = self.attn_drop(attention) @ v
+        else:
+            # The sampling needs the logits but no gradient through them; the attention itself
+            # then runs fused, with dropped entries masked to -inf before its softmax.
+            with torch.no_grad():
+                logits = (q * self.scale) @ k.transpose(-2, -1)
+                keep = ~asad_drop_mask(logits, self.tokens_per_frame, self.asad_p, generator=self.asad_generator)
+                del logits
+            x = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=keep, dropout_p=self.attn_drop.p if self.training else 0.0
+            )
+        x = x.transpose(1, 2).reshape(batch, length, self.attn_dim)
         x = self.norm(x)
         return self.proj_drop(self.proj(x))
 
