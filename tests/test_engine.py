@@ -192,3 +192,34 @@ def test_distributed_two_processes_on_cpu(frames_root, tmp_path):
     state = load_checkpoint(tmp_path / "ddp" / LAST_CHECKPOINT)
     assert len(state["rng"]) == 2
     assert state["global_step"] == 3  # 6 videos / 2 ranks / batch 1
+
+
+def test_cli_extract_pretrain_reconstruct(tmp_path):
+    """The three commands chained on real clips: frames, a short run, a PNG grid."""
+    from PIL import Image
+
+    videos = build_demo_video_tree(tmp_path / "videos", clip_frames=12, short_side=48, max_clips=4)
+    frames = tmp_path / "frames"
+    cli = [sys.executable, "-m", "dropmae.cli"]
+    done = subprocess.run(cli + ["extract-frames", "--source", str(videos), "--output", str(frames), "--quiet",
+                                 "--set", "data.extraction.workers=1", "--set", "data.extraction.val_fraction=0.0"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "extracted 4 of 4 videos" in done.stdout
+    import yaml
+
+    config_file = tmp_path / "params.yaml"
+    values = json.loads(json.dumps(TINY))
+    values["pretrain"]["epochs"] = [1]
+    config_file.write_text(yaml.safe_dump(values))
+    done = subprocess.run(cli + ["pretrain", "--config", str(config_file), "--data", str(frames),
+                                 "--output", str(tmp_path / "run"), "--quiet"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    png = tmp_path / "recon.png"
+    done = subprocess.run(cli + ["reconstruct", "--checkpoint", str(tmp_path / "run" / LAST_CHECKPOINT),
+                                 "--data", str(frames), "--output", str(png), "--pairs", "2", "--split", "train"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with Image.open(png) as image:
+        width, height = image.size
+    assert height > width  # two pairs x two frames in rows, three columns

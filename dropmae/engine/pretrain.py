@@ -172,8 +172,7 @@ def pretrain(
     torch.manual_seed(derive_seed(p.seed, context.rank))
     model = build_model(config, run).to(device)
     dataset = build_pair_dataset(config, data_path)
-    if hasattr(dataset, "rank"):
-        dataset.rank = context.rank
+    dataset.set_rank(context.rank)
     sampler = ResumableEpochSampler(len(dataset), p.seed, context.rank, context.world_size)
     micro_batches_per_epoch = sampler.samples_per_rank // p.batch_size
     steps_per_epoch = micro_batches_per_epoch // p.accum_iter
