@@ -241,7 +241,14 @@ def pretrain(
     autocast = (
         torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     )
-    with _StopRequest() as stop:
+    bar = tqdm(
+        total=steps_per_epoch * run.epochs,
+        initial=global_step,
+        desc=run.method,
+        unit="step",
+        disable=not (progress and context.is_main),
+    )
+    with _StopRequest() as stop, bar:
         for epoch in range(start_epoch, run.epochs):
             first_step = start_step if epoch == start_epoch else 0
             dataset.set_epoch(epoch)
@@ -263,13 +270,8 @@ def pretrain(
             model.train()
             epoch_losses = []
             interrupted = False
-            bar = tqdm(
-                range(first_step, steps_per_epoch),
-                desc=f"{run.method} epoch {epoch + 1}/{run.epochs}",
-                disable=not (progress and context.is_main),
-                leave=False,
-            )
-            for step in bar:
+            bar.set_description(f"{run.method} epoch {epoch + 1}/{run.epochs}")
+            for step in range(first_step, steps_per_epoch):
                 lr = learning_rate_at(epoch + step / steps_per_epoch, peak_lr, p.min_lr, p.warmup_epochs, run.epochs)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -298,7 +300,8 @@ def pretrain(
                 steps_this_call += 1
                 last_loss = step_loss
                 epoch_losses.append(step_loss)
-                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
                 if global_step % p.log_every_steps == 0:
                     log.write(event="step", epoch=epoch, step=step, global_step=global_step, lr=lr, loss=step_loss)
 
@@ -314,7 +317,6 @@ def pretrain(
                     log.write(event="interrupted", reason=stop.signal_name or "stop_after_steps",
                               epoch=epoch, step=step + 1, global_step=global_step)
                     return TrainingOutcome("interrupted", epoch, global_step, last_path, last_loss)
-            bar.close()
             del batches, loader
 
             save(epoch + 1, 0)
