@@ -24,7 +24,7 @@ test: setup
 	$(BIN)/python -m pytest -q; status=$$?; if [ $$status -eq 5 ]; then exit 0; fi; exit $$status
 
 benchmark: setup
-	$(BIN)/python benchmarks/asad.py
+	$(BIN)/python benchmarks/asad.py --batch 16 --repeats 3 --step-batch 2 --step-repeats 5
 
 clean-demo:
 	rm -rf demo-output

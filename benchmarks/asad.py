@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--tokens-per-frame", type=int, default=196)
     parser.add_argument("--p", type=float, default=0.1)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--step-batch", type=int, default=4, help="batch of the training-step benchmark")
+    parser.add_argument("--step-batch", type=int, default=2, help="batch of the training-step benchmark")
     parser.add_argument("--step-repeats", type=int, default=5)
     parser.add_argument("--encoder", default="base")
     parser.add_argument("--skip-step", action="store_true")

@@ -301,6 +301,8 @@ def _is_up_to_date(record: dict[str, Any] | None, entry: VideoEntry, out_dir: Pa
         and record.get("source_mtime_ns") == mtime_ns
         and record.get("settings") == settings.output_settings()
         and (record.get("status") != "ok" or (out_dir / FRAMES_DIR / entry.video_id).is_dir())
+        # A dead worker may have had an outside cause (memory, a killed process): try again.
+        and not str(record.get("reason", "")).startswith("crashed")
     )
 
 
