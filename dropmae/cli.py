@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -32,11 +33,7 @@ def cmd_extract_frames(args) -> int:
         if args.data_source not in config.data.sources:
             raise ConfigError(f"data.sources has no source {args.data_source!r}; configured: {sorted(config.data.sources)}")
         source = config.data.sources[args.data_source].videos
-    ex = config.data.extraction
-    settings = ExtractionSettings(
-        short_side=ex.short_side, frame_stride=ex.frame_stride, jpeg_quality=ex.jpeg_quality,
-        workers=ex.workers, max_bad_fraction=ex.max_bad_fraction, val_fraction=ex.val_fraction,
-    )
+    settings = ExtractionSettings(**dataclasses.asdict(config.data.extraction))
     manifest = extract_frames(source, args.output, settings, progress=not args.quiet)
     ok = int((manifest["status"] == "ok").sum())
     print(f"extracted {ok} of {len(manifest)} videos into {args.output} (manifest.csv lists every video)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -24,13 +25,7 @@ def run_demo(config: Config, output_dir: Path, progress: bool = True) -> dict[st
         raise ConfigError(f"the demo trains one epoch budget; pretrain.epochs lists {config.pretrain.epochs}")
     videos = build_demo_video_tree(config.data.sources[DEMO_SOURCE].videos, clip_frames=20)
     frames = Path(config.data.frames_root) / DEMO_SOURCE
-    ex = config.data.extraction
-    extract_frames(
-        videos, frames,
-        ExtractionSettings(short_side=ex.short_side, frame_stride=ex.frame_stride, jpeg_quality=ex.jpeg_quality,
-                           workers=ex.workers, max_bad_fraction=ex.max_bad_fraction, val_fraction=ex.val_fraction),
-        progress=progress,
-    )
+    extract_frames(videos, frames, ExtractionSettings(**dataclasses.asdict(config.data.extraction)), progress=progress)
     heldout = FramePairDataset(frames, input_size=config.model.img_size, max_gap=config.pretrain.frame_gap,
                                split="val", crop_scale=(1.0, 1.0), seed=config.pretrain.seed)
     outputs: dict[str, Path] = {"frames": frames}

@@ -103,3 +103,13 @@ def test_resolve_run_picks_one_cell():
     assert resolve_run(config, "dropmae", 800).drop_probability(config) == 0.1
     with pytest.raises(ConfigError, match="data.sources"):
         resolve_run(config, "dropmae", 800, source="k999")
+
+
+def test_extraction_section_matches_the_extractor_settings():
+    """data.extraction is passed to the extractor key for key; the two must not drift."""
+    import dataclasses
+
+    from dropmae.config import ExtractionConfig
+    from dropmae.data.extract import ExtractionSettings
+
+    assert {f.name for f in dataclasses.fields(ExtractionConfig)} == {f.name for f in dataclasses.fields(ExtractionSettings)}
