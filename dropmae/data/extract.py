@@ -13,6 +13,7 @@ written last, so a video counts as done only once its frames are complete.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -20,6 +21,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 import tempfile
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -315,11 +317,31 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return context
 
 
+@contextlib.contextmanager
+def _main_script_not_rerun():
+    """Keep new worker processes from re-running the caller's main script.
+
+    forkserver / spawn workers import ``__main__`` from its file; when that file is a script
+    without a ``__name__`` guard (a Snakemake workflow script, for one) each worker would rerun
+    it and die. The workers only need this module, so the path is hidden while the pool lives.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or getattr(main, "__spec__", None) is not None:  # run with -m: imported by name
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
 def _run_pool(todo: list[VideoEntry], out_dir: Path, settings: ExtractionSettings, bar: tqdm, workers: int) -> list[VideoEntry]:
     """Extract ``todo`` in a process pool; if a worker process dies, returns the unfinished videos."""
     pending = deque(todo)
     in_flight: dict[Future, VideoEntry] = {}
-    with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
+    with _main_script_not_rerun(), ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
         while pending or in_flight:
             # A bounded number in flight keeps the suspects few when a worker crashes.
             while pending and len(in_flight) < 2 * workers:

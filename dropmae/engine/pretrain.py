@@ -42,7 +42,9 @@ from dropmae.seeding import derive_seed
 
 METRICS_LOG = "log.jsonl"
 SUMMARY_FILE = "summary.json"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# SIGTERM: SLURM preemption, scancel or scontrol requeue; SIGUSR1 / SIGUSR2: the warning SLURM
+# sends before a time limit (submitit asks for SIGUSR2).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -56,6 +58,7 @@ class TrainingOutcome:
     global_step: int
     checkpoint: Path
     last_loss: float | None
+    reason: str | None = None  # why an interrupted run stopped: a signal name or "stop_after_steps"
 
 
 def build_model(config: Config, run: PretrainRun) -> DropMAE:
@@ -314,9 +317,9 @@ def pretrain(
                 if (interrupted or periodic) and step + 1 < steps_per_epoch:
                     save(epoch, step + 1)
                 if interrupted and step + 1 < steps_per_epoch:
-                    log.write(event="interrupted", reason=stop.signal_name or "stop_after_steps",
-                              epoch=epoch, step=step + 1, global_step=global_step)
-                    return TrainingOutcome("interrupted", epoch, global_step, last_path, last_loss)
+                    reason = stop.signal_name or "stop_after_steps"
+                    log.write(event="interrupted", reason=reason, epoch=epoch, step=step + 1, global_step=global_step)
+                    return TrainingOutcome("interrupted", epoch, global_step, last_path, last_loss, reason)
             del batches, loader
 
             save(epoch + 1, 0)
@@ -325,9 +328,9 @@ def pretrain(
             mean_loss = sum(epoch_losses) / max(len(epoch_losses), 1)
             log.write(event="epoch", epoch=epoch + 1, global_step=global_step, train_loss=mean_loss, time=time.time())
             if interrupted and epoch + 1 < run.epochs:
-                log.write(event="interrupted", reason=stop.signal_name or "stop_after_steps",
-                          epoch=epoch + 1, step=0, global_step=global_step)
-                return TrainingOutcome("interrupted", epoch + 1, global_step, last_path, last_loss)
+                reason = stop.signal_name or "stop_after_steps"
+                log.write(event="interrupted", reason=reason, epoch=epoch + 1, step=0, global_step=global_step)
+                return TrainingOutcome("interrupted", epoch + 1, global_step, last_path, last_loss, reason)
 
     if context.is_main:
         summary = {"run": asdict(run), "epochs": run.epochs, "global_step": global_step, "final_loss": last_loss,

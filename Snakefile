@@ -1,0 +1,22 @@
+# The DropMAE experiment DAG: videos -> frames -> pretraining cells -> analysis -> tables.
+# params.yaml is the configuration; overlay files come with --configfile (the demo:
+# config/demo.yaml). Paths come from dropmae.workflow.layout, shared with dvc.yaml.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "params.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/pretrain.smk"
+include: "rules/analysis.smk"
+include: "rules/tables.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        TABLE_OUTPUTS,

@@ -1,0 +1,1 @@
+"""Analyses of pretrained models (decoder attention within and between frames)."""

@@ -1,0 +1,230 @@
+"""Pretraining cells as submitit jobs: multi-node DDP on SLURM (or submitit's local executor),
+checkpointed and requeued on preemption or time-out, with a waiter that returns the result or
+raises the job's own error.
+
+Preemption paths:
+- SLURM's time-limit warning (submitit asks for SIGUSR2 ``signal_delay_s`` early): the engine
+  finishes the step and writes checkpoint-last, then the signal is handed back to submitit,
+  which calls :meth:`PretrainJob.checkpoint` and requeues the job.
+- SIGTERM (preemption with requeue, ``scontrol requeue``, ``scancel``): the engine writes
+  checkpoint-last and the task exits without a result, so SLURM's decision stands: a requeued
+  job resumes from the checkpoint, a cancelled one is reported as failed by the waiter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import submitit
+from submitit.helpers import Checkpointable, DelayedSubmission
+
+from dropmae.config import Config, ConfigError, LauncherConfig, PretrainRun, config_from_dict, config_to_dict
+
+JOB_RECORD = "job.json"
+# squeue states after which a job produces nothing more (it may still be listed for MinJobAge).
+TERMINAL_STATES = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
+                   "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT", "SPECIAL_EXIT", "REVOKED"}
+
+
+class LaunchError(RuntimeError):
+    """A pretraining job failed or vanished; the message carries the job's own error."""
+
+
+def _preempt_signal_name() -> str:
+    # submitit's own switch for the signal it asks SLURM to send before a time limit.
+    return "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+
+
+def _export_distributed_environment(env: submitit.JobEnvironment) -> None:
+    """torchrun-style variables from submitit's view of the job, read by engine.distributed."""
+    os.environ.update(
+        RANK=str(env.global_rank),
+        WORLD_SIZE=str(env.num_tasks),
+        LOCAL_RANK=str(env.local_rank),
+        MASTER_ADDR=env.hostnames[0] if env.hostnames else "127.0.0.1",
+        MASTER_PORT=str(20000 + int(str(env.job_id).split("_")[0]) % 20000),
+    )
+
+
+class PretrainJob(Checkpointable):
+    """One pretraining cell, run by every task of a submitit job.
+
+    Holds plain data only (the config as a dict), so the pickle submitit writes does not depend
+    on the package's classes staying the same between submission and requeue.
+    """
+
+    def __init__(self, config: dict, run: dict, data_path: str, output_dir: str) -> None:
+        self.config = config
+        self.run = run
+        self.data_path = data_path
+        self.output_dir = output_dir
+
+    def __call__(self) -> dict:
+        from dropmae.engine.pretrain import pretrain  # imported in the job, after the environment is set
+
+        import torch
+
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:
+            _export_distributed_environment(env)
+        torch.set_num_threads(self.config["launcher"]["pretrain"]["cpus_per_task"])
+        outcome = pretrain(config_from_dict(self.config), PretrainRun(**self.run), self.data_path,
+                           self.output_dir, progress=False)
+        if outcome.status == "completed":
+            return {"status": outcome.status, "epoch": outcome.epoch, "global_step": outcome.global_step,
+                    "checkpoint": str(outcome.checkpoint), "last_loss": outcome.last_loss}
+        if outcome.reason == _preempt_signal_name() and env.global_rank == 0:
+            # The checkpoint is on disk; submitit's handler now calls checkpoint() and requeues.
+            signal.raise_signal(getattr(signal, outcome.reason))
+        # No result file: the job's state (requeued or cancelled) tells the waiter what happened.
+        raise SystemExit(0)
+
+    def checkpoint(self) -> DelayedSubmission:
+        # All training state lives in output_dir/checkpoint-last.pth; the requeued call resumes from it.
+        return DelayedSubmission(PretrainJob(self.config, self.run, self.data_path, self.output_dir))
+
+
+def build_executor(launcher: LauncherConfig, folder: Path, name: str) -> submitit.Executor:
+    """submitit's SLURM executor, or its local executor (one node, same job code), from launcher.*."""
+    job = launcher.pretrain
+    tasks_per_node = max(job.gpus_per_node, 1)
+    if launcher.executor == "local":
+        if job.nodes != 1:
+            raise ConfigError(f"launcher.pretrain.nodes: the local executor runs one node, got {job.nodes}")
+        executor = submitit.LocalExecutor(folder=folder, max_num_timeout=job.max_requeues)
+        executor.update_parameters(timeout_min=job.time_min, nodes=1, tasks_per_node=tasks_per_node,
+                                   gpus_per_node=job.gpus_per_node, signal_delay_s=job.signal_delay_s)
+        return executor
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=job.max_requeues)
+    additional = {"requeue": True} if launcher.requeue else {}
+    if launcher.account:
+        additional["account"] = launcher.account
+    parameters = dict(
+        name=name,
+        timeout_min=job.time_min,
+        nodes=job.nodes,
+        tasks_per_node=tasks_per_node,
+        cpus_per_task=job.cpus_per_task,
+        mem_gb=job.mem_gb_per_node,
+        slurm_signal_delay_s=job.signal_delay_s,
+        slurm_additional_parameters=additional,
+    )
+    if job.gpus_per_node:
+        parameters["gpus_per_node"] = job.gpus_per_node
+    if job.partition:
+        parameters["slurm_partition"] = job.partition
+    if launcher.qos:
+        parameters["slurm_qos"] = launcher.qos
+    if launcher.constraint:
+        parameters["slurm_constraint"] = launcher.constraint
+    executor.update_parameters(**parameters)
+    return executor
+
+
+def slurm_state(job_id: str) -> str | None:
+    """The job's state from squeue (which works without SLURM accounting), or None once it is gone."""
+    result = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T", "--states=all"],
+                            capture_output=True, text=True)
+    states = result.stdout.split()
+    return states[0] if result.returncode == 0 and states else None
+
+
+def _job_logs(job: submitit.Job, lines: int = 40) -> str:
+    parts = []
+    for path in (job.paths.stderr, job.paths.stdout):
+        try:
+            text = Path(path).read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        parts.append(f"--- last lines of {path}:\n" + "\n".join(text[-lines:]))
+    return "\n".join(parts) or f"(no logs in {job.paths.folder})"
+
+
+def wait_for_result(job: submitit.Job, executor_kind: str, poll_s: float = 5.0,
+                    report: Callable[[str], None] = print) -> dict:
+    """Block until the job returns; raise LaunchError with the job's error or last log lines.
+
+    submitit's own watcher needs sacct; clusters without accounting only have squeue, so the
+    job's state comes from squeue here, and a job that leaves the queue without a result fails.
+    """
+    last_state = None
+    gone_since = None
+    while True:
+        if job.paths.result_pickle.exists() or (executor_kind == "local" and job.done()):
+            try:
+                results = job.results()
+            except submitit.core.utils.FailedJobError as error:
+                raise LaunchError(f"pretraining job {job.job_id} failed:\n{error}") from None
+            except submitit.core.utils.UncompletedJobError as error:
+                raise LaunchError(f"pretraining job {job.job_id} ended without a result: {error}\n"
+                                  + _job_logs(job)) from None
+            return results[0]
+        if executor_kind == "slurm":
+            state = slurm_state(job.job_id)
+            if state != last_state:
+                report(f"job {job.job_id}: {state or 'no longer listed by squeue'}")
+                last_state = state
+            if state is None or state in TERMINAL_STATES:
+                gone_since = gone_since or time.monotonic()
+                # A requeue passes through an ending state; give SLURM time to list it as pending again.
+                if time.monotonic() - gone_since > max(4 * poll_s, 20):
+                    if job.paths.result_pickle.exists():
+                        continue
+                    raise LaunchError(f"pretraining job {job.job_id} ended ({state or 'left the queue'}) "
+                                      "without a result\n" + _job_logs(job))
+            else:
+                gone_since = None
+        time.sleep(poll_s)
+
+
+def _recorded_job(folder: Path, executor_kind: str, num_tasks: int) -> submitit.Job | None:
+    """A still-active SLURM job submitted for this cell by an earlier, interrupted waiter."""
+    record = folder / JOB_RECORD
+    if executor_kind != "slurm" or not record.is_file():
+        return None
+    job_id = json.loads(record.read_text())["job_id"]
+    state = slurm_state(job_id)
+    if state is None or state in TERMINAL_STATES:
+        return None
+    return submitit.SlurmJob(folder=folder, job_id=job_id, tasks=tuple(range(num_tasks)))
+
+
+def launch_pretraining(config: Config, run: PretrainRun, data_path: str | Path, output_dir: str | Path,
+                       report: Callable[[str], None] = print, poll_s: float = 5.0) -> dict:
+    """Run one pretraining cell through submitit and wait for it; returns the job's summary.
+
+    A SLURM job left running by an interrupted waiter is attached to instead of submitted twice.
+    """
+    output_dir = Path(output_dir)
+    folder = output_dir / "submitit"
+    folder.mkdir(parents=True, exist_ok=True)
+    launcher = config.launcher
+    num_tasks = launcher.pretrain.nodes * max(launcher.pretrain.gpus_per_node, 1)
+    started = time.time()
+    job = _recorded_job(folder, launcher.executor, num_tasks)
+    if job is not None:
+        report(f"attaching to running job {job.job_id} (submitted earlier for {output_dir})")
+    else:
+        executor = build_executor(launcher, folder, name=f"dropmae-{run.source}-{run.method}-ep{run.epochs}")
+        job = executor.submit(PretrainJob(config_to_dict(config), asdict(run), str(data_path), str(output_dir)))
+        (folder / JOB_RECORD).write_text(json.dumps({"job_id": str(job.job_id), "executor": launcher.executor,
+                                                     "submitted": started}) + "\n")
+        report(f"submitted {launcher.executor} job {job.job_id} for {run.method} {run.epochs} epochs "
+               f"({num_tasks} task(s)); logs in {folder}")
+    try:
+        result = wait_for_result(job, launcher.executor, poll_s=poll_s, report=report)
+    except KeyboardInterrupt:
+        if launcher.executor == "local":
+            job.cancel()  # a local job dies with its waiter; it resumes from its checkpoint next time
+        else:
+            report(f"job {job.job_id} keeps running; rerunning attaches to it")
+        raise
+    result.update(job_id=str(job.job_id), executor=launcher.executor, wall_time_s=time.time() - started)
+    return result

@@ -1,0 +1,24 @@
+# One pretraining cell (source x method x epochs) per job. The rule runs on the submitting
+# host: it launches a submitit job (SLURM multi-node DDP, or the local executor) with the
+# resources of params.yaml launcher.pretrain, waits for it through requeues, and fails with the
+# job's error. Checkpoints stay in the run folder across reruns; the rule's outputs are the
+# final weights and the launch summary.
+
+
+rule pretrain:
+    input:
+        manifest=FRAMES_MANIFEST,
+    output:
+        model=layout.MODEL,
+        summary=layout.RUN_SUMMARY,
+    log:
+        layout.log_path("pretrain", "{source}/{method}_ep{epochs}"),
+    params:
+        signature=lambda wildcards: as_json(stages.run_signature(PARAMS, cell_of(wildcards))),
+    # With the local executor the job's CPUs are taken from this machine's cores.
+    threads: PARAMS.launcher.pretrain.cpus_per_task if PARAMS.launcher.executor == "local" else 1
+    localrule: True
+    conda:
+        "envs/dropmae.yaml"
+    script:
+        "../workflow_scripts/pretrain.py"
