@@ -1,0 +1,1 @@
+"""Launching pretraining cells on SLURM or locally through submitit."""

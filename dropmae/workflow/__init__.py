@@ -1,0 +1,1 @@
+"""The experiment DAG: paths, stage functions and tables shared by Snakemake and DVC."""
