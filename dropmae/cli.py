@@ -115,6 +115,15 @@ def cmd_stage(args) -> int:
     return 0
 
 
+def cmd_config(args) -> int:
+    import yaml
+
+    from dropmae.config import config_to_dict
+
+    print(yaml.safe_dump(config_to_dict(_load(args)), sort_keys=False), end="")
+    return 0
+
+
 def cmd_schema(args) -> int:
     import json
 
@@ -175,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--epochs", required=True, type=int)
         if "table" in needs:
             sub.add_argument("table", choices=["pretraining", "datasources", "attention"])
+
+    resolved = commands.add_parser("config", help="print the validated config after overlays (e.g. a params.yaml for dvc)")
+    _add_config_arguments(resolved)
+    resolved.set_defaults(handler=cmd_config)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of params.yaml (rules/schemas/)")
     schema.set_defaults(handler=cmd_schema)

@@ -56,6 +56,11 @@ ACCOUNTING_BINARIES = {
     "my_print_defaults": "mariadb-client-core",  # mariadb-install-db needs it
     "mariadb": "mariadb-client-core",
 }
+# Where SLURM 22.05 clients look when $SLURM_CONF is unset and /etc/slurm/slurm.conf is absent (slurmd's configless
+# cache). The fixture links its slurm.conf there for clients that scrub SLURM_* from the environment, e.g. the
+# `srun` that snakemake-executor-plugin-slurm-jobstep 0.6.1 runs inside each job.
+FALLBACK_CONF = Path("/run/slurm/conf/slurm.conf")
+SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
 ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
                  "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
 
@@ -263,6 +268,7 @@ class LocalSlurmCluster:
         try:
             self._prepare_files()
             self._set_env()
+            self._link_fallback_conf()
             self._start_munged()
             self.timings["munged_s"] = time.monotonic() - started
             if self.accounting:
@@ -290,6 +296,7 @@ class LocalSlurmCluster:
             if process is not None:
                 terminate(process, self.stop_timeout)
         self._restore_env()
+        self._unlink_fallback_conf()
         if self.root is not None and not self.keep_files and self._root_arg is None:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -441,6 +448,37 @@ class LocalSlurmCluster:
             else:
                 os.environ[name] = value
         self._saved_env = None
+
+    def _link_fallback_conf(self) -> None:
+        """Symlink FALLBACK_CONF to our slurm.conf unless the machine has its own config there or in /etc/slurm.
+
+        A dangling link left by an earlier run of this module (killed before stop()) is replaced."""
+        self.fallback_linked = False
+        if SYSTEM_CONF.exists():
+            return  # SLURM_CONF-scrubbing clients get the machine's own cluster; nothing we should change
+        if FALLBACK_CONF.is_symlink():
+            target = os.readlink(FALLBACK_CONF)
+            if not (Path(target).name == "slurm.conf" and Path(target).parent.parent.name.startswith("slurm-ci-")
+                    and not Path(target).exists()):
+                return
+            FALLBACK_CONF.unlink()
+        elif FALLBACK_CONF.exists():
+            return
+        self._made_dirs = [d for d in (FALLBACK_CONF.parent.parent, FALLBACK_CONF.parent) if not d.exists()]
+        FALLBACK_CONF.parent.mkdir(parents=True, exist_ok=True)
+        FALLBACK_CONF.symlink_to(self.conf)
+        self.fallback_linked = True
+
+    def _unlink_fallback_conf(self) -> None:
+        if getattr(self, "fallback_linked", False):
+            if FALLBACK_CONF.is_symlink() and os.readlink(FALLBACK_CONF) == str(self.conf):
+                FALLBACK_CONF.unlink()
+            for directory in reversed(getattr(self, "_made_dirs", [])):
+                try:
+                    directory.rmdir()
+                except OSError:
+                    pass
+            self.fallback_linked = False
 
     def _start_munged(self) -> None:
         munge_dir = self.root / "munge"
