@@ -8,7 +8,10 @@ written. SLURM or munge daemons that something else runs on the machine are neit
 private cluster coexists with them.
 
 Clients find the cluster through ``SLURM_CONF``, which ``start()`` sets in ``os.environ`` (so sbatch, squeue,
-sacct and the submitit / snakemake subprocesses inherit it) and ``stop()`` restores. ``stop()`` cancels the
+sacct and the submitit / snakemake subprocesses inherit it) and ``stop()`` restores. For clients that drop
+SLURM_* variables (the srun of the snakemake slurm-jobstep plugin, inside each job) ``start()`` also symlinks
+/run/slurm/conf/slurm.conf to the private config, unless the machine has /etc/slurm/slurm.conf or something
+else at that path; ``stop()`` removes the link. ``stop()`` cancels the
 jobs left, then stops exactly the daemons it started, by PID (SIGTERM, then SIGKILL after a timeout); the
 daemons also get SIGTERM from the kernel if the test process dies first (PR_SET_PDEATHSIG).
 
@@ -222,6 +225,9 @@ class LocalSlurmCluster:
         self.ports: dict[str, int] = {}
         self._logs: dict[str, list[Path]] = {}
         self._saved_env: dict[str, str | None] | None = None
+        self.fallback_linked = False  # whether FALLBACK_CONF is our symlink
+        self._made_dirs: list[Path] = []
+        self._failed = False
 
     # ---- paths -------------------------------------------------------------------------------------
     @property
@@ -256,6 +262,8 @@ class LocalSlurmCluster:
 
         Raises :class:`SlurmUnavailable` (after stopping whatever it started) when it cannot.
         """
+        if self.processes:
+            raise RuntimeError("this LocalSlurmCluster is already started")
         if os.geteuid() != 0:
             raise SlurmUnavailable("not root: slurmd must run as root to launch jobs")
         if self.install:
@@ -280,6 +288,7 @@ class LocalSlurmCluster:
             self._wait(lambda: self.node_state() == "idle", f"node {self.node_name} to be idle in sinfo",
                        ["slurmctld", "slurmd"])
         except BaseException:
+            self._failed = True  # keep the files (logs) of a start that failed
             self.stop()
             raise
         self.timings["start_s"] = time.monotonic() - started
@@ -297,7 +306,7 @@ class LocalSlurmCluster:
                 terminate(process, self.stop_timeout)
         self._restore_env()
         self._unlink_fallback_conf()
-        if self.root is not None and not self.keep_files and self._root_arg is None:
+        if self.root is not None and not (self.keep_files or self._failed) and self._root_arg is None:
             shutil.rmtree(self.root, ignore_errors=True)
 
     # ---- clients -----------------------------------------------------------------------------------
@@ -453,7 +462,6 @@ class LocalSlurmCluster:
         """Symlink FALLBACK_CONF to our slurm.conf unless the machine has its own config there or in /etc/slurm.
 
         A dangling link left by an earlier run of this module (killed before stop()) is replaced."""
-        self.fallback_linked = False
         if SYSTEM_CONF.exists():
             return  # SLURM_CONF-scrubbing clients get the machine's own cluster; nothing we should change
         if FALLBACK_CONF.is_symlink():
@@ -470,15 +478,16 @@ class LocalSlurmCluster:
         self.fallback_linked = True
 
     def _unlink_fallback_conf(self) -> None:
-        if getattr(self, "fallback_linked", False):
+        if self.fallback_linked:
             if FALLBACK_CONF.is_symlink() and os.readlink(FALLBACK_CONF) == str(self.conf):
                 FALLBACK_CONF.unlink()
-            for directory in reversed(getattr(self, "_made_dirs", [])):
+            for directory in reversed(self._made_dirs):
                 try:
                     directory.rmdir()
                 except OSError:
                     pass
             self.fallback_linked = False
+            self._made_dirs = []
 
     def _start_munged(self) -> None:
         munge_dir = self.root / "munge"
@@ -566,13 +575,14 @@ class LocalSlurmCluster:
             for name in daemons:
                 process = self.processes[name]
                 if process.poll() is not None:
-                    raise SlurmUnavailable(f"{name} exited with {process.returncode} while waiting for {what}\n"
+                    raise SlurmUnavailable(f"daemons did not come up: {name} exited with {process.returncode} while "
+                                           f"waiting for {what} (files kept in {self.root})\n"
                                            + self._log_tails(daemons))
             if ready():
                 return
             time.sleep(poll)
         raise SlurmUnavailable(f"daemons did not come up: timed out after {self.start_timeout:.0f} s waiting for "
-                               f"{what}\n" + self._log_tails(daemons))
+                               f"{what} (files kept in {self.root})\n" + self._log_tails(daemons))
 
     def _log_tails(self, daemons: list[str]) -> str:
         parts = []
