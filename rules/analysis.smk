@@ -15,12 +15,7 @@ rule analyse:
     log:
         layout.log_path("analyse", "{source}/{method}_ep{epochs}"),
     params:
-        analysis=as_json(
-            {
-                key: getattr(PARAMS.analysis, key)
-                for key in ("heldout_pairs", "batch_size", "seed", "figure_pairs")
-            }
-        ),
+        analysis=as_json({key: getattr(PARAMS.analysis, key) for key in stages.ANALYSIS_KEYS}),
     resources:
         **job_resources("analyse"),
     conda:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import av
@@ -9,6 +10,8 @@ import decord
 import numpy as np
 import pytest
 
+from dropmae.config import config_from_dict
+from dropmae.data.extract import ExtractionSettings, extract_frames
 from dropmae.demo import build_demo_video_tree, demo_clip_paths
 
 DEMO_CLIP_FRAMES = 16
@@ -91,3 +94,30 @@ def video_list_csv(tmp_path_factory, demo_tree, bad_videos) -> Path:
     list_file = folder / "videos.csv"
     list_file.write_text("\n".join(rows) + "\n")
     return list_file
+
+
+TINY = {
+    "model": {"encoder": "micro", "img_size": 32, "patch_size": 8, "decoder_dim": 32, "decoder_depth": 2,
+              "decoder_heads": 4},
+    "pretrain": {"methods": ["dropmae"], "epochs": [2], "asad_p": 0.3, "batch_size": 2, "frame_gap": 8,
+                 "warmup_epochs": 1, "num_workers": 0, "log_every_steps": 1, "checkpoint_every_steps": 0},
+}
+
+
+def tiny_config(launcher: dict | None = None, **pretrain_overrides):
+    """A micro DropMAE on 32x32 pairs (a few ms per step on the CPU)."""
+    values = json.loads(json.dumps(TINY))
+    values["pretrain"].update(pretrain_overrides)
+    if launcher is not None:
+        values["launcher"] = launcher
+    return config_from_dict(values)
+
+
+@pytest.fixture(scope="session")
+def frames_root(tmp_path_factory) -> Path:
+    """Extracted frames of 6 real 12-frame clips (short side 40), all in the train split."""
+    root = tmp_path_factory.mktemp("engine")
+    videos = build_demo_video_tree(root / "videos", clip_frames=12, short_side=48, max_clips=6)
+    out = root / "frames"
+    extract_frames(videos, out, ExtractionSettings(short_side=40, workers=1, val_fraction=0.0), progress=False)
+    return out

@@ -13,34 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dropmae.config import PretrainRun, config_from_dict
-from dropmae.data.extract import ExtractionSettings, extract_frames
-from dropmae.demo import build_demo_video_tree
+from conftest import tiny_config
+from dropmae.config import PretrainRun
 from dropmae.engine.checkpoint import LAST_CHECKPOINT, epoch_checkpoint_name, load_checkpoint
 from dropmae.engine.pretrain import METRICS_LOG, NonFiniteLossError, build_model, pretrain
 from dropmae.engine.schedule import learning_rate_at, scaled_learning_rate
-
-TINY = {
-    "model": {"encoder": "micro", "img_size": 32, "patch_size": 8, "decoder_dim": 32, "decoder_depth": 2,
-              "decoder_heads": 4},
-    "pretrain": {"methods": ["dropmae"], "epochs": [2], "asad_p": 0.3, "batch_size": 2, "frame_gap": 8,
-                 "warmup_epochs": 1, "num_workers": 0, "log_every_steps": 1, "checkpoint_every_steps": 0},
-}
-
-
-def tiny_config(**pretrain_overrides):
-    values = json.loads(json.dumps(TINY))
-    values["pretrain"].update(pretrain_overrides)
-    return config_from_dict(values)
-
-
-@pytest.fixture(scope="module")
-def frames_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("engine")
-    videos = build_demo_video_tree(root / "videos", clip_frames=12, short_side=48, max_clips=6)
-    out = root / "frames"
-    extract_frames(videos, out, ExtractionSettings(short_side=40, workers=1, val_fraction=0.0), progress=False)
-    return out
 
 
 def test_learning_rate_schedule():

@@ -26,6 +26,9 @@ OPERATIONAL_KEYS = {
     "data.extraction": {"workers", "max_bad_fraction"},
 }
 
+# The analysis settings an analyse job depends on (rule params and dvc.yaml params).
+ANALYSIS_KEYS = ("heldout_pairs", "batch_size", "seed", "figure_pairs")
+
 
 def build_demo_videos(output_dir: str | Path) -> Path:
     from dropmae.demo import build_demo_video_tree

@@ -1,0 +1,82 @@
+"""Pretraining through submitit's local executor: the same job code as on SLURM, including the
+time-limit signal that checkpoints and requeues a job, and errors that reach the waiter."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from dropmae.config import ConfigError, PretrainRun, config_to_dict
+from dropmae.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint
+from dropmae.engine.pretrain import METRICS_LOG, pretrain
+from dropmae.launch.submitit_launch import LaunchError, PretrainJob, build_executor, launch_pretraining, wait_for_result
+
+pytestmark = pytest.mark.slow
+
+LOCAL = {"executor": "local", "pretrain": {"partition": None, "nodes": 1, "gpus_per_node": 0, "cpus_per_task": 1,
+                                            "mem_gb_per_node": 2, "time_min": 20, "signal_delay_s": 5}}
+
+
+def _log_events(run_dir: Path) -> list[dict]:
+    path = run_dir / METRICS_LOG
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _wait_for_step(run_dir: Path, step: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(e.get("global_step", 0) >= step for e in _log_events(run_dir) if e["event"] == "step"):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no step {step} in {run_dir / METRICS_LOG} after {timeout} s")
+
+
+def test_time_limit_signal_checkpoints_requeues_and_resumes_exactly(frames_root, tmp_path):
+    config = tiny_config(launcher=LOCAL, epochs=[40])  # 3 steps per epoch, 120 in all
+    run = PretrainRun("dropmae", 40)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the job does (launcher.pretrain.cpus_per_task)
+    try:
+        straight = pretrain(config, run, frames_root, tmp_path / "straight", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+    run_dir = tmp_path / "requeued"
+    executor = build_executor(config.launcher, tmp_path / "submitit", name="requeue-test")
+    job = executor.submit(PretrainJob(config_to_dict(config), asdict(run), str(frames_root), str(run_dir)))
+    _wait_for_step(run_dir, 10)
+    # The signal SLURM sends a job's tasks before its time limit (submitit asks for SIGUSR2).
+    # Local jobs are a controller process with the task as its child.
+    controller = job._process.pid
+    (task,) = Path(f"/proc/{controller}/task/{controller}/children").read_text().split()
+    os.kill(int(task), signal.SIGUSR2)
+    result = wait_for_result(job, "local", poll_s=0.2)
+
+    assert result["status"] == "completed" and result["global_step"] == straight.global_step
+    interruptions = [e for e in _log_events(run_dir) if e["event"] == "interrupted"]
+    assert [e["reason"] for e in interruptions] == ["SIGUSR2"]
+    assert 10 <= interruptions[0]["global_step"] < straight.global_step
+    resumed, uninterrupted = load_checkpoint(run_dir / LAST_CHECKPOINT), load_checkpoint(straight.checkpoint)
+    for key, value in uninterrupted["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
+
+
+def test_a_failing_job_raises_its_own_error_in_the_waiter(tmp_path):
+    config = tiny_config(launcher=LOCAL)
+    with pytest.raises(LaunchError, match="manifest"):
+        launch_pretraining(config, PretrainRun("dropmae", 2, "demo"), tmp_path / "no-frames-here", tmp_path / "run",
+                           report=lambda message: None, poll_s=0.2)
+
+
+def test_the_local_executor_runs_one_node():
+    config = tiny_config(launcher={**LOCAL, "pretrain": {**LOCAL["pretrain"], "nodes": 2}})
+    with pytest.raises(ConfigError, match="launcher.pretrain.nodes"):
+        build_executor(config.launcher, Path("unused"), name="x")

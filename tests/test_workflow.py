@@ -1,0 +1,268 @@
+"""The experiment DAG, run for real: Snakemake with the local profile, DVC, bad configurations,
+and the agreement between the Snakefile and dvc.yaml."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from dropmae.config import config_to_dict, json_schema, load_config
+from dropmae.workflow import layout, stages
+from workflow_support import (
+    REPO,
+    TINY_OVERLAY,
+    copy_repository,
+    dry_run_jobs,
+    job_counts,
+    run,
+    seed_demo_videos,
+    snakemake,
+    write_yaml,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_dag(tmp_path_factory, demo_tree) -> Path:
+    """A scratch copy of the repository where the tiny DAG has been run once with the local profile."""
+    repo = copy_repository(tmp_path_factory.mktemp("dag") / "repo")
+    seed_demo_videos(repo, demo_tree)
+    write_yaml(repo / "tiny.yaml", TINY_OVERLAY)
+    snakemake(repo, "--profile", "profiles/local", "--cores", "2", configfiles=["tiny.yaml"])
+    return repo
+
+
+def test_the_dag_builds_every_table_from_cell_results(demo_dag):
+    for table in layout.TABLES:
+        assert (demo_dag / layout.table_csv(table)).is_file()
+        assert (demo_dag / layout.table_markdown(table)).read_text().startswith("# ")
+    for figure in (layout.ATTENTION_PLOT, "results/cells/demo/dropmae_ep1/temporal_matching.png",
+                   "results/cells/demo/twinmae_ep1/reconstruction.png"):
+        assert (demo_dag / figure).stat().st_size > 1000
+    table = pd.read_csv(demo_dag / layout.table_csv("pretraining"))
+    assert list(table["method"]) == ["twinmae", "dropmae"]
+    for row in table.itertuples():
+        cell = layout.Cell(row.source, row.method, row.epochs)
+        metrics = json.loads((demo_dag / cell.paths(layout.CELL_METRICS)).read_text())
+        assert row.heldout_loss == pytest.approx(metrics["heldout_loss"])
+        model = demo_dag / cell.paths(layout.MODEL)
+        assert row.checkpoint_sha256 == hashlib.sha256(model.read_bytes()).hexdigest()
+        assert json.loads(row.params)["asad_p"] == (0.1 if row.method == "dropmae" else 0.0)
+    attention = pd.read_csv(demo_dag / layout.table_csv("attention"))
+    assert set(attention["method"]) == {"twinmae", "dropmae"}
+    assert (attention["within_frame"] + attention["between_frame"]).round(5).eq(1.0).all()
+
+
+def test_pretraining_went_through_submitit(demo_dag):
+    summary = json.loads((demo_dag / "runs/pretrain/demo/dropmae_ep1/run.json").read_text())
+    assert summary["executor"] == "local" and summary["status"] == "completed"
+    assert (demo_dag / "runs/pretrain/demo/dropmae_ep1/submitit").is_dir()
+
+
+def test_a_second_run_rebuilds_nothing(demo_dag):
+    result = snakemake(demo_dag, "--profile", "profiles/local", "-n", configfiles=["tiny.yaml"])
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_changing_the_epochs_list_reruns_only_the_new_cells(demo_dag):
+    write_yaml(demo_dag / "epochs.yaml", {"pretrain": {"epochs": [1, 2]}})
+    result = snakemake(demo_dag, "--profile", "profiles/local", "-n", configfiles=["tiny.yaml", "epochs.yaml"])
+    jobs = dry_run_jobs(result.stdout)
+    assert job_counts(result.stdout) == {"pretrain": 2, "analyse": 2, "table_pretraining": 1, "table_attention": 1,
+                                         "all": 1}
+    assert {tuple(job["output"]) for job in jobs if job["rule"] == "pretrain"} == {
+        ("runs/pretrain/demo/twinmae_ep2/model.pth", "runs/pretrain/demo/twinmae_ep2/run.json"),
+        ("runs/pretrain/demo/dropmae_ep2/model.pth", "runs/pretrain/demo/dropmae_ep2/run.json"),
+    }
+
+
+def test_changing_a_recipe_value_retrains_but_does_not_reextract(demo_dag):
+    write_yaml(demo_dag / "blr.yaml", {"pretrain": {"blr": 0.002}})
+    result = snakemake(demo_dag, "--profile", "profiles/local", "-n", configfiles=["tiny.yaml", "blr.yaml"])
+    counts = job_counts(result.stdout)
+    assert counts["pretrain"] == 2 and counts["analyse"] == 2
+    assert "extract_frames" not in counts and "demo_videos" not in counts
+
+
+def test_a_rerun_moves_the_old_run_aside_instead_of_resuming_it(demo_dag, tmp_path):
+    """A finished checkpoint-last must not be 'resumed' when the DAG retrains a cell."""
+    config = load_config([demo_dag / "params.yaml", demo_dag / "tiny.yaml"])
+    cell = layout.Cell("demo", "twinmae", 1)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    last = demo_dag / cell.paths(layout.RUN_DIR) / "checkpoint-last.pth"
+    (run_dir / "checkpoint-last.pth").write_bytes(last.read_bytes())
+    messages = []
+    stages.supersede_stale_run(config, cell, run_dir, messages.append)
+    assert not (run_dir / "checkpoint-last.pth").exists()
+    archived = list((run_dir / "superseded").glob("*/checkpoint-last.pth"))
+    assert len(archived) == 1 and "it had finished" in messages[0]
+
+
+# ----------------------------------------------------------------------------- bad configurations
+@pytest.fixture(scope="module")
+def scratch_repo(tmp_path_factory) -> Path:
+    return copy_repository(tmp_path_factory.mktemp("bad") / "repo")
+
+
+@pytest.mark.parametrize(
+    ("overlay", "named"),
+    [
+        ({"pretrain": {"epoch": [400]}}, "epoch"),  # unknown key
+        ({"pretrain": {"batch_size": "large"}}, "batch_size"),  # wrong type
+        ({"launcher": {"pretrain": {"nodes": 1.5}}}, "nodes"),  # wrong type, nested
+        ({"pretrain": {"epochs": [400, 0]}}, "pretrain.epochs"),  # epochs <= 0
+        ({"pretrain": {"asad_p": 1.0}}, "pretrain.asad_p"),  # P outside [0, 1)
+        ({"pretrain": {"asad_p": -0.1}}, "pretrain.asad_p"),
+        ({"analysis": {"table_source": "k700"}}, "analysis.table_source"),
+    ],
+    ids=["unknown-key", "wrong-type", "wrong-type-nested", "epochs-not-positive", "p-too-large", "p-negative",
+         "unknown-source"],
+)
+def test_a_bad_config_stops_the_dry_run_naming_the_key(scratch_repo, overlay, named):
+    write_yaml(scratch_repo / "bad.yaml", overlay)
+    result = snakemake(scratch_repo, "-n", configfiles=["bad.yaml"], check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert named in output
+    assert "Job stats" not in output  # stopped while parsing, before a DAG was built
+
+
+def test_a_missing_data_path_stops_the_run_before_any_job(scratch_repo):
+    write_yaml(scratch_repo / "missing.yaml",
+               {"data": {"sources": {"k400": {"videos": "data/not-there"}}}})
+    dry = snakemake(scratch_repo, "-n", "results/table_datasources.csv", configfiles=["missing.yaml"])
+    assert "data.sources.k400.videos" in dry.stdout + dry.stderr  # a dry run warns and shows the DAG
+    result = snakemake(scratch_repo, "--profile", "profiles/local", "results/table_datasources.csv",
+                       configfiles=["missing.yaml"], check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "data.sources.k400.videos: data/not-there does not exist" in output
+    assert "Finished job" not in output and not (scratch_repo / "logs").exists()
+
+
+def test_the_slurm_profile_dry_runs_without_slurm(scratch_repo):
+    result = snakemake(scratch_repo, "--profile", "slurm", "-n", "results/table_datasources.csv")
+    assert job_counts(result.stdout) == {"extract_frames": 1, "pretrain": 1, "analyse": 1, "table_datasources": 1}
+
+
+def test_snakemake_lint_is_clean(scratch_repo):
+    result = snakemake(scratch_repo, "--lint", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations" in result.stdout + result.stderr
+
+
+def test_the_committed_schema_is_generated_from_the_typed_config():
+    committed = json.loads((REPO / "rules/schemas/params.schema.json").read_text())
+    assert committed == json_schema(), "regenerate with: dropmae schema > rules/schemas/params.schema.json"
+
+
+# ----------------------------------------------------------------------------- DVC
+def _dvc_stages(repo: Path) -> dict[str, dict]:
+    """Every expanded dvc.yaml stage: outs, deps and params, as paths relative to the repository."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:
+        found = {}
+        for stage in dvc_repo.index.stages:
+            params = [key for dep in stage.deps if hasattr(dep, "params") for key in dep.params]
+            found[stage.name] = {
+                "outs": sorted(str(Path(out.fs_path).relative_to(repo)) for out in stage.outs),
+                "deps": sorted(str(Path(dep.fs_path).relative_to(repo)) for dep in stage.deps
+                               if not hasattr(dep, "params")),
+                "params": sorted(params),
+            }
+    return found
+
+
+def _covers(parent: str, path: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+@pytest.fixture(scope="module")
+def agreement_repo(tmp_path_factory, demo_tree) -> Path:
+    """Two sources (the demo tree and a plain video folder), both methods, two epoch budgets."""
+    repo = copy_repository(tmp_path_factory.mktemp("agree") / "repo")
+    seed_demo_videos(repo, demo_tree)
+    (repo / "clips").symlink_to(demo_tree, target_is_directory=True)
+    overlay = yaml.safe_load(yaml.safe_dump(TINY_OVERLAY))
+    overlay["data"]["sources"]["clips"] = {"videos": "clips"}
+    overlay["pretrain"]["epochs"] = [1, 2]
+    merged = config_to_dict(load_config([repo / "params.yaml", write_yaml(repo / "overlay.yaml", overlay)]))
+    write_yaml(repo / "params.yaml", merged)  # DVC reads params.yaml only
+    run(["dvc", "init", "--no-scm", "-q"], repo)
+    return repo
+
+
+def test_snakemake_and_dvc_declare_the_same_stages(agreement_repo):
+    dvc = _dvc_stages(agreement_repo)
+    targets = sorted({out if not out.startswith("data/frames") else out + "/manifest.csv"
+                      for stage in dvc.values() for out in stage["outs"]})
+    jobs = dry_run_jobs(snakemake(agreement_repo, *targets, "-n", "--forceall").stdout)
+    assert len(dvc) == len(jobs) == 1 + 2 + 2 * 2 * 2 * 2 + 3
+    for name, stage in dvc.items():
+        rule = name.split("@")[0]
+        matching = [job for job in jobs if job["rule"] == rule
+                    and all(any(_covers(out, path) for out in stage["outs"]) for path in job["output"])]
+        assert len(matching) == 1, f"no Snakemake job of rule {rule} writes the outs of {name}"
+        job = matching[0]
+        for out in stage["outs"]:
+            assert any(_covers(out, path) for path in job["output"]), f"{name}: {out} is not written by Snakemake"
+        for path in job["input"]:
+            assert any(_covers(dep, path) for dep in stage["deps"]), f"{name}: Snakemake input {path} is not a DVC dep"
+        for dep in stage["deps"]:
+            if dep.startswith("dropmae/"):
+                continue  # code: DVC reruns on code changes, Snakemake on rule and script changes
+            assert any(_covers(dep, path) for path in job["input"]), f"{name}: DVC dep {dep} is not a Snakemake input"
+
+
+def test_dvc_params_are_what_the_rules_rerun_on(agreement_repo):
+    dvc = _dvc_stages(agreement_repo)
+    config = load_config([agreement_repo / "params.yaml"])
+    signature = stages.run_signature(config, layout.Cell("demo", "dropmae", 1))
+    expected_pretrain = ["model"] + [f"pretrain.{key}" for key in signature["pretrain"]]
+    assert dvc["pretrain@demo-dropmae-1"]["params"] == sorted(expected_pretrain)
+    assert dvc["extract_frames@demo"]["params"] == sorted(f"data.extraction.{k}" for k in signature["extraction"])
+    assert dvc["analyse@demo-dropmae-1"]["params"] == sorted(f"analysis.{k}" for k in stages.ANALYSIS_KEYS)
+
+
+@pytest.fixture(scope="module")
+def dvc_repo(tmp_path_factory, demo_tree) -> Path:
+    """A git + DVC repository of the workflow with the tiny configuration as its params.yaml."""
+    repo = copy_repository(tmp_path_factory.mktemp("dvc") / "repo")
+    merged = config_to_dict(load_config([repo / "params.yaml", write_yaml(repo / "tiny.yaml", TINY_OVERLAY)]))
+    write_yaml(repo / "params.yaml", merged)
+    git = ["git", "-c", "user.email=ci@example.org", "-c", "user.name=ci"]
+    run(["git", "init", "-q"], repo)
+    run(["dvc", "init", "-q"], repo)
+    run([*git, "add", "-A"], repo)
+    run([*git, "commit", "-qm", "workflow"], repo)
+    return repo
+
+
+def test_dvc_repro_metrics_plots_and_experiments(dvc_repo):
+    repro = run(["dvc", "repro"], dvc_repo)
+    assert "Running stage 'pretrain@demo-dropmae-1'" in repro.stdout
+    assert (dvc_repo / layout.table_csv("datasources")).is_file()
+    assert "Data and pipelines are up to date" in run(["dvc", "repro"], dvc_repo).stdout
+
+    metrics = json.loads(run(["dvc", "metrics", "show", "--json"], dvc_repo).stdout)
+    files = next(iter(metrics.values()))["data"]
+    cell = files["results/cells/demo/dropmae_ep1/metrics.json"]["data"]
+    assert cell["method"] == "dropmae" and cell["heldout_loss"] > 0
+    plots = run(["dvc", "plots", "show", "--json"], dvc_repo)
+    assert "results/attention_layers.csv" in plots.stdout
+
+    git = ["git", "-c", "user.email=ci@example.org", "-c", "user.name=ci"]
+    run([*git, "add", "-A"], dvc_repo)
+    run([*git, "commit", "-qm", "first run"], dvc_repo)
+    experiment = run(["dvc", "exp", "run", "-S", "pretrain.epochs=[1,2]"], dvc_repo)
+    ran = {line.split("'")[1] for line in experiment.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"pretrain@demo-twinmae-2", "pretrain@demo-dropmae-2", "analyse@demo-twinmae-2",
+                   "analyse@demo-dropmae-2", "table_pretraining", "table_datasources", "table_attention"}
