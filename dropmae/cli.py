@@ -1,11 +1,10 @@
-"""Command line: ``dropmae extract-frames | pretrain | reconstruct | demo``."""
+"""Command line: ``dropmae extract-frames | pretrain | reconstruct | stage | config | schema``."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 from dropmae.config import Config, ConfigError, load_config, resolve_run
@@ -68,18 +67,6 @@ def cmd_reconstruct(args) -> int:
 
     path = save_reconstruction_grid(args.checkpoint, args.data, args.output, num_pairs=args.pairs, split=args.split)
     print(f"wrote {path}")
-    return 0
-
-
-def cmd_demo(args) -> int:
-    from dropmae.demo_pipeline import run_demo
-
-    config = _load(args)
-    started = time.perf_counter()
-    outputs = run_demo(config, Path(args.output), progress=not args.quiet)
-    for name, path in outputs.items():
-        print(f"{name}: {path}")
-    print(f"demo finished in {time.perf_counter() - started:.0f} s")
     return 0
 
 
@@ -163,12 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
     recon.add_argument("--pairs", type=int, default=4)
     recon.add_argument("--split", default="val", help="manifest split to draw pairs from (default: held-out)")
     recon.set_defaults(handler=cmd_reconstruct)
-
-    demo = commands.add_parser("demo", help="the embedded demo: real clips -> frames -> TwinMAE and DropMAE -> figures")
-    _add_config_arguments(demo)
-    demo.add_argument("--output", default="demo-output")
-    demo.add_argument("--quiet", action="store_true")
-    demo.set_defaults(handler=cmd_demo)
 
     stage = commands.add_parser("stage", help="one stage of the experiment DAG (what dvc.yaml runs)")
     stage_kinds = stage.add_subparsers(dest="stage", required=True)
