@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import av
@@ -13,6 +14,7 @@ import pytest
 from dropmae.config import config_from_dict
 from dropmae.data.extract import ExtractionSettings, extract_frames
 from dropmae.demo import build_demo_video_tree, demo_clip_paths
+from slurm_cluster import LocalSlurmCluster, SlurmUnavailable
 
 DEMO_CLIP_FRAMES = 16
 DEMO_SHORT_SIDE = 64
@@ -121,3 +123,24 @@ def frames_root(tmp_path_factory) -> Path:
     out = root / "frames"
     extract_frames(videos, out, ExtractionSettings(short_side=40, workers=1, val_fraction=0.0), progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real one-node SLURM cluster on localhost (partition 'debug', sacct via slurmdbd) for the session.
+
+    Installs the Debian packages if needed (root + apt-get) and stops the daemons it started by
+    PID. Skips, saying why, when this machine cannot run it; DROPMAE_REQUIRE_SLURM=1 makes that a
+    failure instead.
+    """
+    cluster = LocalSlurmCluster()
+    try:
+        cluster.start()
+    except SlurmUnavailable as error:
+        if os.environ.get("DROPMAE_REQUIRE_SLURM") == "1":
+            pytest.fail(f"cannot run a local SLURM cluster: {error}", pytrace=False)
+        pytest.skip(f"cannot run a local SLURM cluster: {error}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

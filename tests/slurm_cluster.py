@@ -10,10 +10,12 @@ private cluster coexists with them.
 Clients find the cluster through ``SLURM_CONF``, which ``start()`` sets in ``os.environ`` (so sbatch, squeue,
 sacct and the submitit / snakemake subprocesses inherit it) and ``stop()`` restores. For clients that drop
 SLURM_* variables (the srun of the snakemake slurm-jobstep plugin, inside each job) ``start()`` also symlinks
-/run/slurm/conf/slurm.conf to the private config, unless the machine has /etc/slurm/slurm.conf or something
-else at that path; ``stop()`` removes the link. ``stop()`` cancels the
-jobs left, then stops exactly the daemons it started, by PID (SIGTERM, then SIGKILL after a timeout); the
-daemons also get SIGTERM from the kernel if the test process dies first (PR_SET_PDEATHSIG).
+/run/slurm/conf/slurm.conf (where SLURM clients look last) to the private config, unless the machine has
+/etc/slurm/slurm.conf or something else at that path; ``stop()`` removes the link.
+
+``stop()`` cancels the jobs left, then stops exactly the daemons it started, by PID (SIGTERM, then SIGKILL
+after a timeout); the daemons also get SIGTERM from the kernel if the test process dies first
+(PR_SET_PDEATHSIG).
 
 Without accounting ``sacct`` fails ("Slurm accounting storage is disabled"); finished jobs stay visible to
 ``squeue --states=all`` / ``scontrol show job`` for ``MinJobAge`` (600 s) either way.
@@ -34,6 +36,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 
 MUNGE_USER = "munge"
 SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
@@ -127,7 +130,9 @@ def ensure_installed(binaries: dict[str, str], timeout: float = 600.0) -> float:
         return 0.0
     packages = sorted({binaries[name] for name in missing})
     if os.geteuid() != 0:
-        raise SlurmUnavailable(f"not root, so cannot apt-get install {' '.join(packages)} (missing: {', '.join(missing)})")
+        raise SlurmUnavailable(
+            f"not root, so cannot apt-get install {' '.join(packages)} (missing: {', '.join(missing)})"
+        )
     apt = shutil.which("apt-get")
     if apt is None:
         raise SlurmUnavailable(f"no apt-get to install {' '.join(packages)} (missing: {', '.join(missing)})")
@@ -139,7 +144,7 @@ def ensure_installed(binaries: dict[str, str], timeout: float = 600.0) -> float:
     started = time.monotonic()
     try:
         if own_policy:
-            policy.write_text("#!/bin/sh\n# written by tests/slurm_cluster.py while apt-get runs, then removed\nexit 101\n")
+            policy.write_text("#!/bin/sh\n# tests/slurm_cluster.py: while apt-get runs, then removed\nexit 101\n")
             policy.chmod(0o755)
         result = _run_apt(install, env, timeout)
         if result.returncode != 0:  # stale or absent package lists: update once, then retry
@@ -156,13 +161,15 @@ def ensure_installed(binaries: dict[str, str], timeout: float = 600.0) -> float:
             policy.unlink(missing_ok=True)
     still_missing = missing_binaries(binaries)
     if still_missing:
-        raise SlurmUnavailable(f"apt-get install {' '.join(packages)} left binaries missing: {', '.join(still_missing)}")
+        raise SlurmUnavailable(
+            f"apt-get install {' '.join(packages)} left binaries missing: {', '.join(still_missing)}"
+        )
     return time.monotonic() - started
 
 
 def _run_apt(command: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        return subprocess.run(command, check=False, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as error:
         raise SlurmUnavailable(f"{' '.join(command[:2])} did not finish within {timeout:.0f} s") from error
@@ -251,13 +258,13 @@ class LocalSlurmCluster:
         return {**BINARIES, **(ACCOUNTING_BINARIES if self.accounting else {})}
 
     # ---- lifecycle ---------------------------------------------------------------------------------
-    def __enter__(self) -> "LocalSlurmCluster":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self) -> "LocalSlurmCluster":
+    def start(self) -> Self:
         """Install if needed, start the daemons, wait until the node is idle in sinfo.
 
         Raises :class:`SlurmUnavailable` (after stopping whatever it started) when it cannot.
@@ -312,8 +319,8 @@ class LocalSlurmCluster:
     # ---- clients -----------------------------------------------------------------------------------
     def run(self, command: str, *args: str, check: bool = True, timeout: float = 30.0) -> subprocess.CompletedProcess:
         """Run a client (sbatch, squeue, ...) against this cluster; stdout/stderr captured as text."""
-        result = subprocess.run([which(command) or command, *args], env=self.env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
+        result = subprocess.run([which(command) or command, *args], check=False, env=self.env,
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise RuntimeError(f"{command} {' '.join(args)} failed (exit {result.returncode}): {result.stderr.strip()}")
         return result
@@ -337,7 +344,9 @@ class LocalSlurmCluster:
             if state is not None and state not in ACTIVE_STATES:
                 return state
             time.sleep(poll)
-        raise TimeoutError(f"job {job_id} still {state} after {timeout:.0f} s\n{self._log_tails(['slurmctld', 'slurmd'])}")
+        raise TimeoutError(
+            f"job {job_id} still {state} after {timeout:.0f} s\n{self._log_tails(['slurmctld', 'slurmd'])}"
+        )
 
     def node_state(self) -> str:
         """The node's state as sinfo prints it (idle, mixed, allocated, down*, ...); '' when sinfo fails."""
@@ -502,9 +511,9 @@ class LocalSlurmCluster:
             return False
         socket_arg = f"--socket={self.munge_socket}"
         try:
-            encoded = subprocess.run([which("munge"), socket_arg, "--no-input"], stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, timeout=5)
-            decoded = subprocess.run([which("unmunge"), socket_arg], input=encoded.stdout,
+            encoded = subprocess.run([which("munge"), socket_arg, "--no-input"], check=False,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=5)
+            decoded = subprocess.run([which("unmunge"), socket_arg], check=False, input=encoded.stdout,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=5)
         except (OSError, subprocess.TimeoutExpired):
             return False
@@ -518,12 +527,16 @@ class LocalSlurmCluster:
                 result = subprocess.run(
                     [which("mariadb-install-db"), "--no-defaults", f"--datadir={data}", "--user=root",
                      "--auth-root-authentication-method=normal", "--skip-test-db"],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                    check=False, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                     timeout=self.start_timeout)
             except subprocess.TimeoutExpired as error:
-                raise SlurmUnavailable(f"mariadb-install-db did not finish within {self.start_timeout:.0f} s") from error
+                raise SlurmUnavailable(
+                    f"mariadb-install-db did not finish within {self.start_timeout:.0f} s"
+                ) from error
             if result.returncode != 0:
-                raise SlurmUnavailable(f"mariadb-install-db failed (exit {result.returncode}):\n{result.stdout[-3000:]}")
+                raise SlurmUnavailable(
+                    f"mariadb-install-db failed (exit {result.returncode}):\n{result.stdout[-3000:]}"
+                )
         db = self.root / "db"
         self._start_daemon("mariadbd", [
             which("mariadbd"), "--no-defaults", f"--datadir={data}", "--user=root", "--bind-address=127.0.0.1",
@@ -545,8 +558,8 @@ class LocalSlurmCluster:
         try:
             result = subprocess.run([which("mariadb"), "--no-defaults", "--protocol=tcp", "-h", "127.0.0.1",
                                      "-P", str(self.ports["mariadbd"]), "-u", "root", "-e", "SELECT 1"],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    timeout=5)
+                                    check=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, timeout=5)
         except (OSError, subprocess.TimeoutExpired):
             return False
         return result.returncode == 0
@@ -563,7 +576,7 @@ class LocalSlurmCluster:
                 self.processes[name] = subprocess.Popen(
                     command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=self.env,
                     cwd=self.root, user=user, group=user, extra_groups=[] if user else None,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=_die_with_parent,  # noqa: PLW1509 -- started from the main thread, at session start
                 )
             except OSError as error:
                 raise SlurmUnavailable(f"cannot start {name} ({command[0]}): {error}") from error

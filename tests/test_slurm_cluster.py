@@ -7,7 +7,6 @@ import subprocess
 import time
 
 import pytest
-
 from slurm_cluster import LocalSlurmCluster, SlurmUnavailable
 
 
@@ -31,7 +30,8 @@ def test_sbatch_job_completes_and_node_is_idle_again(slurm_cluster, tmp_path):
     assert os.environ["SLURM_CONF"] == str(slurm_cluster.conf)
 
     def node_state() -> str:
-        return subprocess.run(["sinfo", "--noheader", "--format=%T"], capture_output=True, text=True).stdout.strip()
+        result = subprocess.run(["sinfo", "--noheader", "--format=%T"], check=False, capture_output=True, text=True)
+        return result.stdout.strip()
 
     assert wait_until(lambda: node_state() == "idle", timeout=30), node_state()
 

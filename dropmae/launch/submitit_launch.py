@@ -173,8 +173,9 @@ def wait_for_result(job: submitit.Job, executor_kind: str, poll_s: float = 5.0,
                 last_state = state
             if state is None or state in TERMINAL_STATES:
                 gone_since = gone_since or time.monotonic()
-                # A requeue passes through an ending state; give SLURM time to list it as pending again.
-                if time.monotonic() - gone_since > max(4 * poll_s, 20):
+                # A requeue may pass through an ending state, and a result file may lag behind the
+                # state on a network file system: look again for a little while.
+                if time.monotonic() - gone_since > max(3 * poll_s, 10):
                     if job.paths.result_pickle.exists():
                         continue
                     raise LaunchError(f"pretraining job {job.job_id} ended ({state or 'left the queue'}) "
