@@ -122,11 +122,16 @@ class PretrainLaunchConfig:
     partition: str | None = "gpu"
     nodes: int = 8
     gpus_per_node: int = 8  # the recipe's 64 GPUs x 64 pairs
+    tasks_per_node: int | None = None  # DDP processes per node; null: one per GPU (one without GPUs)
     cpus_per_task: int = 10
     mem_gb_per_node: float = 480.0
     time_min: int = 4320  # per allocation; a longer run is requeued and resumes from its checkpoint
     max_requeues: int = 20  # time-outs after which the job is not requeued again
     signal_delay_s: int = 120  # SLURM warns the job this long before its time limit
+
+
+def tasks_per_node_of(job: PretrainLaunchConfig) -> int:
+    return job.tasks_per_node or max(job.gpus_per_node, 1)
 
 
 @dataclass(frozen=True)
@@ -296,6 +301,8 @@ def validate(config: Config) -> Config:
     for key in ("nodes", "cpus_per_task", "time_min"):
         _require(getattr(job, key) > 0, f"launcher.pretrain.{key}", "must be positive", getattr(job, key))
     _require(job.gpus_per_node >= 0, "launcher.pretrain.gpus_per_node", "must be >= 0", job.gpus_per_node)
+    _require(job.tasks_per_node is None or job.tasks_per_node > 0, "launcher.pretrain.tasks_per_node",
+             "must be positive or null", job.tasks_per_node)
     _require(job.mem_gb_per_node > 0, "launcher.pretrain.mem_gb_per_node", "must be positive", job.mem_gb_per_node)
     _require(job.max_requeues >= 0, "launcher.pretrain.max_requeues", "must be >= 0", job.max_requeues)
     _require(job.signal_delay_s >= 0, "launcher.pretrain.signal_delay_s", "must be >= 0", job.signal_delay_s)

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import TINY, tiny_config
 from dropmae.config import PretrainRun
+from dropmae.demo import build_demo_video_tree
 from dropmae.engine.checkpoint import LAST_CHECKPOINT, epoch_checkpoint_name, load_checkpoint
 from dropmae.engine.pretrain import METRICS_LOG, NonFiniteLossError, build_model, pretrain
 from dropmae.engine.schedule import learning_rate_at, scaled_learning_rate

@@ -80,3 +80,14 @@ def test_the_local_executor_runs_one_node():
     config = tiny_config(launcher={**LOCAL, "pretrain": {**LOCAL["pretrain"], "nodes": 2}})
     with pytest.raises(ConfigError, match="launcher.pretrain.nodes"):
         build_executor(config.launcher, Path("unused"), name="x")
+
+
+def test_a_two_task_job_trains_with_ddp_ranks_from_submitit(frames_root, tmp_path):
+    launcher = {**LOCAL, "pretrain": {**LOCAL["pretrain"], "tasks_per_node": 2}}
+    config = tiny_config(launcher=launcher, epochs=[2])  # 6 videos over 2 ranks, batch 2: 1 step per epoch
+    result = launch_pretraining(config, PretrainRun("dropmae", 2, "demo"), frames_root, tmp_path / "run",
+                                report=lambda message: None, poll_s=0.2)
+    assert result["status"] == "completed" and result["global_step"] == 2
+    (start,) = [e for e in _log_events(tmp_path / "run") if e["event"] == "start"]
+    assert start["world_size"] == 2 and start["effective_batch"] == 4
+    assert len(load_checkpoint(tmp_path / "run" / LAST_CHECKPOINT)["rng"]) == 2  # both ranks' RNG state

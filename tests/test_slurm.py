@@ -86,6 +86,18 @@ def test_a_cancelled_job_fails_the_waiter_with_its_log(slurm_cluster, frames_roo
     assert (tmp_path / "run" / LAST_CHECKPOINT).is_file()  # the work done so far is kept
 
 
+def test_a_two_task_slurm_job_trains_with_ddp(slurm_cluster, frames_root, tmp_path):
+    launcher = {**SLURM, "pretrain": {**SLURM["pretrain"], "tasks_per_node": 2}}
+    config = tiny_config(launcher=launcher, epochs=[2])
+    executor = build_executor(config.launcher, tmp_path / "submitit", name="ddp-test")
+    job = executor.submit(PretrainJob(config_to_dict(config), asdict(PretrainRun("dropmae", 2)), str(frames_root),
+                                      str(tmp_path / "run")))
+    result = wait_for_result(job, "slurm", poll_s=1.0, report=lambda message: None)
+    assert result["status"] == "completed" and result["global_step"] == 2
+    (start,) = [e for e in _events(tmp_path / "run") if e["event"] == "start"]
+    assert start["world_size"] == 2
+
+
 def test_the_dag_runs_through_the_slurm_profile(slurm_cluster, demo_tree, tmp_path):
     if not slurm_cluster.fallback_linked:
         pytest.skip("Snakemake's jobs drop SLURM_CONF; this machine's own slurm.conf would be used")

@@ -25,7 +25,15 @@ from typing import Callable
 import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from dropmae.config import Config, ConfigError, LauncherConfig, PretrainRun, config_from_dict, config_to_dict
+from dropmae.config import (
+    Config,
+    ConfigError,
+    LauncherConfig,
+    PretrainRun,
+    config_from_dict,
+    config_to_dict,
+    tasks_per_node_of,
+)
 
 JOB_RECORD = "job.json"
 # squeue states after which a job produces nothing more (it may still be listed for MinJobAge).
@@ -94,7 +102,7 @@ class PretrainJob(Checkpointable):
 def build_executor(launcher: LauncherConfig, folder: Path, name: str) -> submitit.Executor:
     """submitit's SLURM executor, or its local executor (one node, same job code), from launcher.*."""
     job = launcher.pretrain
-    tasks_per_node = max(job.gpus_per_node, 1)
+    tasks_per_node = tasks_per_node_of(job)
     if launcher.executor == "local":
         if job.nodes != 1:
             raise ConfigError(f"launcher.pretrain.nodes: the local executor runs one node, got {job.nodes}")
@@ -207,7 +215,7 @@ def launch_pretraining(config: Config, run: PretrainRun, data_path: str | Path, 
     folder = output_dir / "submitit"
     folder.mkdir(parents=True, exist_ok=True)
     launcher = config.launcher
-    num_tasks = launcher.pretrain.nodes * max(launcher.pretrain.gpus_per_node, 1)
+    num_tasks = launcher.pretrain.nodes * tasks_per_node_of(launcher.pretrain)
     started = time.time()
     job = _recorded_job(folder, launcher.executor, num_tasks)
     if job is not None:
