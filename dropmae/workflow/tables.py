@@ -133,6 +133,8 @@ def table_attention(config: Config, csv_path, md_path, layers_csv=ATTENTION_LAYE
                  .to_markdown(index=False, floatfmt=".4f"))
     lines += ["", "Mean over layers:", "",
               summary.assign(method=summary["method"].map(display_name))
+              .rename(columns={"method": "Method", "epochs": "Epochs", "within_frame": "Within-frame",
+                               "between_frame": "Between-frame"})
               .to_markdown(index=False, floatfmt=".4f"), ""]
     ensure_parent(md_path).write_text("\n".join(lines))
     return frame
