@@ -3,10 +3,8 @@ time-limit signal that checkpoints and requeues a job, and errors that reach the
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,27 +14,20 @@ import torch
 from conftest import tiny_config
 from dropmae.config import ConfigError, PretrainRun, config_to_dict
 from dropmae.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint
-from dropmae.engine.pretrain import METRICS_LOG, pretrain
-from dropmae.launch.submitit_launch import LaunchError, PretrainJob, build_executor, launch_pretraining, wait_for_result
+from dropmae.engine.pretrain import pretrain
+from dropmae.launch.submitit_launch import (
+    LaunchError,
+    PretrainJob,
+    build_executor,
+    launch_pretraining,
+    wait_for_result,
+)
+from workflow_support import run_log_events, wait_for_step
 
 pytestmark = pytest.mark.slow
 
 LOCAL = {"executor": "local", "pretrain": {"partition": None, "nodes": 1, "gpus_per_node": 0, "cpus_per_task": 1,
                                             "mem_gb_per_node": 2, "time_min": 20, "signal_delay_s": 5}}
-
-
-def _log_events(run_dir: Path) -> list[dict]:
-    path = run_dir / METRICS_LOG
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-
-
-def _wait_for_step(run_dir: Path, step: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(e.get("global_step", 0) >= step for e in _log_events(run_dir) if e["event"] == "step"):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no step {step} in {run_dir / METRICS_LOG} after {timeout} s")
 
 
 def test_time_limit_signal_checkpoints_requeues_and_resumes_exactly(frames_root, tmp_path):
@@ -52,7 +43,7 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes_exactly(frames_root,
     run_dir = tmp_path / "requeued"
     executor = build_executor(config.launcher, tmp_path / "submitit", name="requeue-test")
     job = executor.submit(PretrainJob(config_to_dict(config), asdict(run), str(frames_root), str(run_dir)))
-    _wait_for_step(run_dir, 10)
+    wait_for_step(run_dir, 10)
     # The signal SLURM sends a job's tasks before its time limit (submitit asks for SIGUSR2).
     # Local jobs are a controller process with the task as its child.
     controller = job._process.pid
@@ -61,7 +52,7 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes_exactly(frames_root,
     result = wait_for_result(job, "local", poll_s=0.2)
 
     assert result["status"] == "completed" and result["global_step"] == straight.global_step
-    interruptions = [e for e in _log_events(run_dir) if e["event"] == "interrupted"]
+    interruptions = [e for e in run_log_events(run_dir) if e["event"] == "interrupted"]
     assert [e["reason"] for e in interruptions] == ["SIGUSR2"]
     assert 10 <= interruptions[0]["global_step"] < straight.global_step
     resumed, uninterrupted = load_checkpoint(run_dir / LAST_CHECKPOINT), load_checkpoint(straight.checkpoint)
@@ -88,6 +79,6 @@ def test_a_two_task_job_trains_with_ddp_ranks_from_submitit(frames_root, tmp_pat
     result = launch_pretraining(config, PretrainRun("dropmae", 2, "demo"), frames_root, tmp_path / "run",
                                 report=lambda message: None, poll_s=0.2)
     assert result["status"] == "completed" and result["global_step"] == 2
-    (start,) = [e for e in _log_events(tmp_path / "run") if e["event"] == "start"]
+    (start,) = [e for e in run_log_events(tmp_path / "run") if e["event"] == "start"]
     assert start["world_size"] == 2 and start["effective_batch"] == 4
     assert len(load_checkpoint(tmp_path / "run" / LAST_CHECKPOINT)["rng"]) == 2  # both ranks' RNG state

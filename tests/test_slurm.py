@@ -3,11 +3,9 @@ pretraining job that is requeued mid-run and ends with the weights of an uninter
 
 from __future__ import annotations
 
-import json
 import subprocess
-import time
 from dataclasses import asdict
-from pathlib import Path
+import json
 
 import pytest
 import torch
@@ -16,28 +14,22 @@ import yaml
 from conftest import tiny_config
 from dropmae.config import PretrainRun, config_to_dict
 from dropmae.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint
-from dropmae.engine.pretrain import METRICS_LOG, pretrain
+from dropmae.engine.pretrain import pretrain
 from dropmae.launch.submitit_launch import LaunchError, PretrainJob, build_executor, slurm_state, wait_for_result
-from workflow_support import TINY_OVERLAY, copy_repository, seed_demo_videos, snakemake, write_yaml
+from workflow_support import (
+    TINY_OVERLAY,
+    copy_repository,
+    run_log_events,
+    seed_demo_videos,
+    snakemake,
+    wait_for_step,
+    write_yaml,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 SLURM = {"executor": "slurm", "pretrain": {"partition": "debug", "nodes": 1, "gpus_per_node": 0, "cpus_per_task": 1,
                                             "mem_gb_per_node": 1, "time_min": 10, "signal_delay_s": 30}}
-
-
-def _events(run_dir: Path) -> list[dict]:
-    path = run_dir / METRICS_LOG
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-
-
-def _wait_for_step(run_dir: Path, step: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(e.get("global_step", 0) >= step for e in _events(run_dir) if e["event"] == "step"):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no step {step} in {run_dir / METRICS_LOG} after {timeout} s")
 
 
 def _straight_run(config, run, frames_root, output) -> dict:
@@ -58,12 +50,12 @@ def test_a_requeued_job_resumes_from_its_checkpoint_and_ends_with_the_same_weigh
     run_dir = tmp_path / "requeued"
     executor = build_executor(config.launcher, tmp_path / "submitit", name="requeue-test")
     job = executor.submit(PretrainJob(config_to_dict(config), asdict(run), str(frames_root), str(run_dir)))
-    _wait_for_step(run_dir, 20)
+    wait_for_step(run_dir, 20)
     subprocess.run(["scontrol", "requeue", str(job.job_id)], check=True)
     result = wait_for_result(job, "slurm", poll_s=1.0, report=lambda message: None)
 
     assert result["status"] == "completed" and result["global_step"] == straight["global_step"]
-    interruptions = [e for e in _events(run_dir) if e["event"] == "interrupted"]
+    interruptions = [e for e in run_log_events(run_dir) if e["event"] == "interrupted"]
     assert [e["reason"] for e in interruptions] == ["SIGTERM"]
     assert 20 <= interruptions[0]["global_step"] < straight["global_step"]
     shown = subprocess.run(["scontrol", "show", "job", str(job.job_id)], capture_output=True, text=True).stdout
@@ -78,7 +70,7 @@ def test_a_cancelled_job_fails_the_waiter_with_its_log(slurm_cluster, frames_roo
     executor = build_executor(config.launcher, tmp_path / "submitit", name="cancel-test")
     job = executor.submit(PretrainJob(config_to_dict(config), asdict(PretrainRun("dropmae", 150)),
                                       str(frames_root), str(tmp_path / "run")))
-    _wait_for_step(tmp_path / "run", 5)
+    wait_for_step(tmp_path / "run", 5)
     subprocess.run(["scancel", str(job.job_id)], check=True)
     with pytest.raises(LaunchError, match="without a result"):
         wait_for_result(job, "slurm", poll_s=1.0, report=lambda message: None)
@@ -94,7 +86,7 @@ def test_a_two_task_slurm_job_trains_with_ddp(slurm_cluster, frames_root, tmp_pa
                                       str(tmp_path / "run")))
     result = wait_for_result(job, "slurm", poll_s=1.0, report=lambda message: None)
     assert result["status"] == "completed" and result["global_step"] == 2
-    (start,) = [e for e in _events(tmp_path / "run") if e["event"] == "start"]
+    (start,) = [e for e in run_log_events(tmp_path / "run") if e["event"] == "start"]
     assert start["world_size"] == 2
 
 

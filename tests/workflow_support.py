@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -115,3 +117,19 @@ def dry_run_jobs(output: str) -> list[dict]:
             fields[name] = [p.strip() for p in match.group(1).split(",")] if match else []
         jobs.append({"rule": header.group(1), **fields})
     return jobs
+
+
+def run_log_events(run_dir: Path) -> list[dict]:
+    """The records of a pretraining run's log.jsonl (none yet if it has not started)."""
+    path = run_dir / "log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def wait_for_step(run_dir: Path, step: int, timeout: float = 120) -> None:
+    """Block until a pretraining job has logged optimiser step ``step``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(e.get("global_step", 0) >= step for e in run_log_events(run_dir) if e["event"] == "step"):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no step {step} in {run_dir / 'log.jsonl'} after {timeout} s")

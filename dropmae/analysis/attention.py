@@ -23,7 +23,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from dropmae.config import config_from_dict  # noqa: E402
-from dropmae.data.pairs import FramePairDataset, PairAugmentation  # noqa: E402
+from dropmae.data.pairs import FramePairDataset, whole_frame_pairs  # noqa: E402
 from dropmae.models.dropmae import DropMAE  # noqa: E402
 from dropmae.viz.reconstruct import _to_image, load_pretrained  # noqa: E402
 
@@ -168,18 +168,7 @@ def temporal_matching_maps(model: DropMAE, frames: torch.Tensor, seed: int = 0) 
 def analysis_pairs(state: dict, frames_root: str | Path, split: str | None, seed: int) -> FramePairDataset:
     """Pairs of ``split`` for a checkpoint ``state``: whole frames, unflipped, at its input size."""
     config = config_from_dict(state["config"])
-    dataset = FramePairDataset(
-        frames_root,
-        input_size=config.model.img_size,
-        max_gap=config.pretrain.frame_gap,
-        split=split,
-        crop_scale=(1.0, 1.0),
-        seed=seed,
-    )
-    # Flips are drawn per frame: one mirrored frame would break the correspondence between
-    # the two frames that the between-frame attention and f_tem measure.
-    dataset.augmentation = PairAugmentation(config.model.img_size, crop_scale=(1.0, 1.0), hflip=False)
-    return dataset
+    return whole_frame_pairs(frames_root, config.model.img_size, config.pretrain.frame_gap, split=split, seed=seed)
 
 
 def attention_shares_for_checkpoint(

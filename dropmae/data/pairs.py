@@ -235,3 +235,16 @@ def seed_worker(worker_id: int) -> None:
     random.seed(int(state[0]))
     np.random.seed(int(state[0]))  # the legacy global RNG takes 32-bit seeds
     torch.manual_seed(int(state[1]))
+
+
+def whole_frame_pairs(frames_root: str | Path, input_size: int, max_gap: int, split: str | None = "val",
+                      seed: int = 0) -> FramePairDataset:
+    """Pairs of whole, unflipped frames for evaluation and figures.
+
+    Flips are drawn per frame in training; one mirrored frame would break the correspondence
+    between the two frames that between-frame attention and f_tem measure.
+    """
+    dataset = FramePairDataset(frames_root, input_size=input_size, max_gap=max_gap, split=split,
+                               crop_scale=(1.0, 1.0), seed=seed)
+    dataset.augmentation = PairAugmentation(input_size, crop_scale=(1.0, 1.0), hflip=False)
+    return dataset

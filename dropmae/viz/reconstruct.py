@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from dropmae.config import PretrainRun, config_from_dict  # noqa: E402
-from dropmae.data.pairs import FramePairDataset  # noqa: E402
+from dropmae.data.pairs import whole_frame_pairs  # noqa: E402
 from dropmae.engine.checkpoint import load_checkpoint  # noqa: E402
 from dropmae.engine.pretrain import build_model  # noqa: E402
 from dropmae.models.dropmae import DropMAE  # noqa: E402
@@ -62,14 +62,7 @@ def save_reconstruction_grid(
     """Write a PNG grid: one row per frame of each held-out pair, columns original / masked / reconstruction."""
     model, state = load_pretrained(checkpoint_path)
     config = config_from_dict(state["config"])
-    dataset = FramePairDataset(
-        frames_root,
-        input_size=config.model.img_size,
-        max_gap=config.pretrain.frame_gap,
-        split=split,
-        crop_scale=(1.0, 1.0),  # whole frames for viewing
-        seed=seed,
-    )
+    dataset = whole_frame_pairs(frames_root, config.model.img_size, config.pretrain.frame_gap, split=split, seed=seed)
     count = min(num_pairs, len(dataset))
     frames = torch.stack([dataset[i] for i in range(count)])
     original, masked, reconstruction = reconstruct_pairs(model, frames, seed=seed)

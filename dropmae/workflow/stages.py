@@ -133,16 +133,15 @@ def analyse_cell(config: Config, cell: Cell, model_path: str | Path, run_summary
                  reconstruction_png: str | Path, temporal_matching_png: str | Path) -> dict:
     """Held-out reconstruction loss, decoder attention shares per layer, and the two figures."""
     from dropmae.analysis.attention import attention_shares_for_checkpoint, save_temporal_matching_heatmap
-    from dropmae.data.pairs import FramePairDataset
+    from dropmae.data.pairs import whole_frame_pairs
     from dropmae.engine.evaluate import heldout_reconstruction_loss
     from dropmae.viz.reconstruct import load_pretrained, save_reconstruction_grid
 
     a = config.analysis
     model, state = load_pretrained(model_path)
     trained_config = config_from_dict(state["config"])  # the cell's own input size and frame gap
-    heldout = FramePairDataset(frames_dir, input_size=trained_config.model.img_size,
-                               max_gap=trained_config.pretrain.frame_gap, split="val", crop_scale=(1.0, 1.0),
-                               seed=a.seed)
+    heldout = whole_frame_pairs(frames_dir, trained_config.model.img_size, trained_config.pretrain.frame_gap,
+                                split="val", seed=a.seed)
     if len(heldout) == 0:
         raise ValueError(f"{frames_dir}: the manifest has no held-out (val) videos; "
                          "raise data.extraction.val_fraction")
