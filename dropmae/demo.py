@@ -54,7 +54,8 @@ def _write_subclips(source: Path, targets: list[Path], clip_frames: int, short_s
                 continue
             partial = target.with_name(target.name + ".partial")
             with av.open(str(partial), "w", format="mp4") as output:
-                out_stream = output.add_stream("libx264", rate=rate, options={"preset": "veryfast"})
+                # One encoder thread: x264 with several writes different bytes from run to run.
+                out_stream = output.add_stream("libx264", rate=rate, options={"preset": "veryfast", "threads": "1"})
                 out_stream.width, out_stream.height, out_stream.pix_fmt = width, height, "yuv420p"
                 for index in range(clip_frames):
                     # swscale (via PyAV) resizes and converts in one step.
