@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 import submitit
-from submitit.helpers import Checkpointable, DelayedSubmission
+from submitit.helpers import Checkpointable
 
 from dropmae.config import (
     Config,
@@ -65,7 +65,9 @@ class PretrainJob(Checkpointable):
     """One pretraining cell, run by every task of a submitit job.
 
     Holds plain data only (the config as a dict), so the pickle submitit writes does not depend
-    on the package's classes staying the same between submission and requeue.
+    on the package's classes staying the same between submission and requeue. Checkpointable's
+    own checkpoint() resubmits this callable as it is: all training state is on disk in
+    output_dir/checkpoint-last.pth, and the requeued call resumes from it.
     """
 
     def __init__(self, config: dict, run: dict, data_path: str, output_dir: str) -> None:
@@ -93,10 +95,6 @@ class PretrainJob(Checkpointable):
             signal.raise_signal(getattr(signal, outcome.reason))
         # No result file: the job's state (requeued or cancelled) tells the waiter what happened.
         raise SystemExit(0)
-
-    def checkpoint(self) -> DelayedSubmission:
-        # All training state lives in output_dir/checkpoint-last.pth; the requeued call resumes from it.
-        return DelayedSubmission(PretrainJob(self.config, self.run, self.data_path, self.output_dir))
 
 
 def build_executor(launcher: LauncherConfig, folder: Path, name: str) -> submitit.Executor:

@@ -132,7 +132,7 @@ def analyse_cell(config: Config, cell: Cell, model_path: str | Path, run_summary
                  frames_dir: str | Path, metrics_path: str | Path, attention_path: str | Path,
                  reconstruction_png: str | Path, temporal_matching_png: str | Path) -> dict:
     """Held-out reconstruction loss, decoder attention shares per layer, and the two figures."""
-    from dropmae.analysis.attention import attention_shares_for_checkpoint, save_temporal_matching_heatmap
+    from dropmae.analysis.attention import decoder_attention_shares, save_temporal_matching_heatmap
     from dropmae.data.pairs import whole_frame_pairs
     from dropmae.engine.evaluate import heldout_reconstruction_loss
     from dropmae.viz.reconstruct import load_pretrained, save_reconstruction_grid
@@ -140,17 +140,14 @@ def analyse_cell(config: Config, cell: Cell, model_path: str | Path, run_summary
     a = config.analysis
     model, state = load_pretrained(model_path)
     trained_config = config_from_dict(state["config"])  # the cell's own input size and frame gap
+    # Raises, naming the folder, when the manifest has no held-out videos.
     heldout = whole_frame_pairs(frames_dir, trained_config.model.img_size, trained_config.pretrain.frame_gap,
                                 split="val", seed=a.seed)
-    if len(heldout) == 0:
-        raise ValueError(f"{frames_dir}: the manifest has no held-out (val) videos; "
-                         "raise data.extraction.val_fraction")
     subset = torch.utils.data.Subset(heldout, range(min(a.heldout_pairs, len(heldout))))
     loss = heldout_reconstruction_loss(model, subset, batch_size=a.batch_size, seed=a.seed)
-    shares = attention_shares_for_checkpoint(model_path, frames_dir, num_pairs=a.heldout_pairs,
-                                             batch_size=a.batch_size, seed=a.seed)
-    shares = shares.drop(columns=["epoch"]).assign(epochs=cell.epochs)
-    shares = shares[["method", "epochs", "layer", "within_frame", "between_frame", "pairs"]]
+    shares = decoder_attention_shares(model, subset, num_pairs=len(subset), batch_size=a.batch_size, seed=a.seed)
+    shares.insert(0, "method", cell.method)
+    shares.insert(1, "epochs", cell.epochs)
     shares.to_csv(ensure_parent(attention_path), index=False)
     save_reconstruction_grid(model_path, frames_dir, reconstruction_png, num_pairs=a.figure_pairs, seed=a.seed)
     save_temporal_matching_heatmap(model_path, frames_dir, temporal_matching_png, num_pairs=a.figure_pairs,
