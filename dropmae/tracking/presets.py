@@ -1,0 +1,37 @@
+"""Named tracker recipes, named by what they set (as OSTrack's experiment files are).
+
+A preset is a mapping of ``tracking.*`` keys. params.yaml picks one with ``tracking.preset``;
+keys written beside it override it. Values are those of the OSTrack / DropTrack experiment
+files (vitb_{256,384}_mae_ce_32x4[_got10k]_ep{100,300}, with DropTrack's lr 2.5e-4).
+"""
+
+from __future__ import annotations
+
+# The full-data mixture of OSTrack / DropTrack, equal weights.
+FULL_DATA_TRAIN = {
+    "lasot": {"split": "train", "weight": 1.0},
+    "got10k": {"split": "train", "weight": 1.0},  # the recipe's vot_train subset: set sequence_list to it
+    "coco": {"split": "train2017", "weight": 1.0},
+    "trackingnet": {"split": ",".join(f"TRAIN_{i}" for i in range(12)), "weight": 1.0},
+}
+GOT10K_ONLY_TRAIN = {"got10k": {"split": "train", "weight": 1.0}}
+
+_SEARCH_256 = {"template_size": 128, "search_size": 256, "search_factor": 4.0, "center_jitter": 3.0, "scale_jitter": 0.25}
+_SEARCH_384 = {"template_size": 192, "search_size": 384, "search_factor": 5.0, "center_jitter": 4.5, "scale_jitter": 0.5}
+_GOT10K_EP100 = {"train": GOT10K_ONLY_TRAIN, "epochs": 100, "lr_drop_epoch": 80, "ce_start_epoch": 20, "ce_warm_epochs": 50}
+_FULL_EP300 = {"train": FULL_DATA_TRAIN, "epochs": 300, "lr_drop_epoch": 240, "ce_start_epoch": 20, "ce_warm_epochs": 80}
+
+TRACKING_PRESETS: dict[str, dict] = {
+    "search256_got10k_ep100": {**_SEARCH_256, **_GOT10K_EP100},
+    "search256_full_ep300": {**_SEARCH_256, **_FULL_EP300},
+    "search384_got10k_ep100": {**_SEARCH_384, **_GOT10K_EP100},
+    "search384_full_ep300": {**_SEARCH_384, **_FULL_EP300},
+    # Laptop-sized: 32 px template and 64 px search crops for the micro demo encoder (patch 8),
+    # a few hundred pairs per epoch, CE from the start of the schedule's second half.
+    "demo_micro": {
+        "template_size": 32, "search_size": 64, "search_factor": 4.0, "center_jitter": 3.0, "scale_jitter": 0.25,
+        "max_frame_gap": 30, "epochs": 12, "samples_per_epoch": 512, "batch_size": 16, "lr": 1e-3,
+        "lr_drop_epoch": 10, "ce_locations": [2], "ce_start_epoch": 4, "ce_warm_epochs": 4,
+        "head_channels": 64, "drop_path_rate": 0.0, "num_workers": 0, "log_every_steps": 8, "clip_margin": 2.0,
+    },
+}
