@@ -79,6 +79,12 @@ def cmd_stage(args) -> int:
     if args.stage == "demo-videos":
         stages.build_demo_videos(layout.demo_videos())
         return 0
+    if args.stage == "demo-benchmark":
+        stages.build_demo_benchmark_stage(layout.demo_videos(), layout.DEMO_BENCHMARK_SUMMARY)
+        return 0
+    if args.stage in ("finetune-tracker", "evaluate-tracker"):
+        check_data_paths(config)
+        return _tracking_stage(config, args)
     if args.stage == "table":
         outputs = {"csv": layout.table_csv(args.table), "markdown": layout.table_markdown(args.table),
                    "layers": layout.ATTENTION_LAYERS, "plot": layout.ATTENTION_PLOT}
@@ -99,6 +105,30 @@ def cmd_stage(args) -> int:
                             layout.frames_dir(config, args.source), cell.paths(layout.CELL_METRICS),
                             cell.paths(layout.CELL_ATTENTION), cell.paths(layout.CELL_RECONSTRUCTION),
                             cell.paths(layout.CELL_TEMPORAL_MATCHING))
+    return 0
+
+
+def _tracking_stage(config, args) -> int:
+    from dropmae.workflow import layout, stages
+
+    tracker = args.tracker
+    cell = layout.cell_of_tracker(tracker)
+    if cell is not None and cell not in layout.all_cells(config):
+        raise ConfigError(f"tracker {tracker!r} names no pretraining cell of data.sources x pretrain.methods x pretrain.epochs")
+    if args.stage == "finetune-tracker":
+        if tracker == layout.FIRST_BOX:
+            raise ConfigError(f"{layout.FIRST_BOX} is not trained: it repeats the first-frame box")
+        stages.finetune_tracker_stage(config, tracker, None if cell is None else cell.paths(layout.MODEL),
+                                      layout.tracker_paths(layout.TRACKER_MODEL, tracker),
+                                      layout.tracker_paths(layout.TRACKER_SUMMARY, tracker))
+        return 0
+    if args.benchmark not in config.tracking.evaluate:
+        raise ConfigError(f"tracking.evaluate has no benchmark {args.benchmark!r}; configured: {sorted(config.tracking.evaluate)}")
+    model = None if tracker == layout.FIRST_BOX else layout.tracker_paths(layout.TRACKER_MODEL, tracker)
+    paths = {name: layout.tracker_paths(template, tracker, args.benchmark)
+             for name, template in (("metrics", layout.TRACKING_METRICS), ("plot", layout.TRACKING_PLOT),
+                                    ("raw", layout.TRACKING_RAW))}
+    stages.evaluate_tracker_stage(config, tracker, args.benchmark, model, paths["metrics"], paths["plot"], paths["raw"])
     return 0
 
 
@@ -154,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     stage = commands.add_parser("stage", help="one stage of the experiment DAG (what dvc.yaml runs)")
     stage_kinds = stage.add_subparsers(dest="stage", required=True)
     for name, needs in (("demo-videos", ()), ("extract-frames", ("source",)),
-                        ("pretrain", ("source", "cell")), ("analyse", ("source", "cell")), ("table", ("table",))):
+                        ("pretrain", ("source", "cell")), ("analyse", ("source", "cell")), ("table", ("table",)),
+                        ("demo-benchmark", ()), ("finetune-tracker", ("tracker",)),
+                        ("evaluate-tracker", ("tracker", "benchmark"))):
         sub = stage_kinds.add_parser(name)
         _add_config_arguments(sub)
         sub.set_defaults(handler=cmd_stage, config_default=True)
@@ -163,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
         if "cell" in needs:
             sub.add_argument("--method", required=True, choices=["twinmae", "dropmae"])
             sub.add_argument("--epochs", required=True, type=int)
+        if "tracker" in needs:
+            sub.add_argument("--tracker", required=True,
+                             help="<source>/<method>_ep<epochs> (a pretraining cell), scratch, or first_box")
+        if "benchmark" in needs:
+            sub.add_argument("--benchmark", required=True, help="a name from tracking.evaluate")
         if "table" in needs:
             sub.add_argument("table", choices=["pretraining", "datasources", "attention"])
 

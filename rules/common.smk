@@ -27,11 +27,18 @@ TABLE_OUTPUTS = [layout.table_csv(t) for t in layout.TABLES] + [
 ]
 
 
+# A tracker: a pretraining cell it starts from, or scratch / first_box (see layout).
+CELL_PATTERN = "(" + "|".join(SOURCES) + r")/(twinmae|dropmae)_ep[1-9]\d*"
+TRAINED_TRACKER_PATTERN = f"{layout.SCRATCH}|{CELL_PATTERN}"
+
+
 wildcard_constraints:
     source="|".join(SOURCES),
     method="twinmae|dropmae",
     epochs=r"[1-9]\d*",
     table="|".join(layout.TABLES),
+    tracker=f"{layout.FIRST_BOX}|{TRAINED_TRACKER_PATTERN}",
+    benchmark="|".join(PARAMS.tracking.evaluate) or "none",
 
 
 onstart:
@@ -83,3 +90,35 @@ def cell_of(wildcards):
 def cell_results(table, template):
     """One result file per cell of a table."""
     return [cell.paths(template) for cell in layout.table_cells(PARAMS, table)]
+
+
+def tracking_benchmark_inputs(names):
+    """The demo benchmark's summary when one of these benchmarks is the one the DAG builds."""
+    roots = [PARAMS.tracking.benchmarks[name].root for name in names]
+    if any(root.startswith(layout.DEMO_TRACKING_BENCHMARK) for root in roots):
+        return {"benchmark": layout.DEMO_BENCHMARK_SUMMARY}
+    return {}
+
+
+def finetune_inputs(wildcards):
+    inputs = tracking_benchmark_inputs(PARAMS.tracking.train)
+    cell = layout.cell_of_tracker(wildcards.tracker)
+    if cell is not None:
+        inputs["pretrained"] = cell.paths(layout.MODEL)
+    return inputs
+
+
+def evaluate_inputs(wildcards):
+    inputs = tracking_benchmark_inputs([wildcards.benchmark])
+    if wildcards.tracker != layout.FIRST_BOX:
+        inputs["model"] = layout.tracker_paths(layout.TRACKER_MODEL, wildcards.tracker)
+    return inputs
+
+
+def table_inputs(table):
+    """Per-cell metrics, plus each tracker's scores when tracking is configured."""
+    inputs = {"metrics": cell_results(table, layout.CELL_METRICS)}
+    tracking = layout.tracking_results(PARAMS, table)
+    if tracking:
+        inputs["tracking"] = tracking
+    return inputs

@@ -3,7 +3,7 @@
 
 rule table_pretraining:
     input:
-        metrics=cell_results("pretraining", layout.CELL_METRICS),
+        **table_inputs("pretraining"),
     output:
         csv=layout.table_csv("pretraining"),
         markdown=layout.table_markdown("pretraining"),
@@ -20,7 +20,7 @@ rule table_pretraining:
 
 rule table_datasources:
     input:
-        metrics=cell_results("datasources", layout.CELL_METRICS),
+        **table_inputs("datasources"),
     output:
         csv=layout.table_csv("datasources"),
         markdown=layout.table_markdown("datasources"),

@@ -17,6 +17,7 @@ from workflow_support import (
     REPO,
     TINY_OVERLAY,
     copy_repository,
+    with_tracking,
     dry_run_jobs,
     job_counts,
     run,
@@ -33,7 +34,7 @@ def demo_dag(tmp_path_factory, demo_tree) -> Path:
     """A scratch copy of the repository where the tiny DAG has been run once with the local profile."""
     repo = copy_repository(tmp_path_factory.mktemp("dag") / "repo")
     seed_demo_videos(repo, demo_tree)
-    write_yaml(repo / "tiny.yaml", TINY_OVERLAY)
+    write_yaml(repo / "tiny.yaml", with_tracking(TINY_OVERLAY))
     snakemake(repo, "--profile", "profiles/local", "--cores", "2", configfiles=["tiny.yaml"])
     return repo
 
@@ -46,8 +47,17 @@ def test_the_dag_builds_every_table_from_cell_results(demo_dag):
                    "results/cells/demo/twinmae_ep1/reconstruction.png"):
         assert (demo_dag / figure).stat().st_size > 1000
     table = pd.read_csv(demo_dag / layout.table_csv("pretraining"))
-    assert list(table["method"]) == ["twinmae", "dropmae"]
-    for row in table.itertuples():
+    assert list(table["method"]) == ["No pre-training", "First-frame box (trivial tracker)", "twinmae", "dropmae"]
+    # Every tracking cell is the AO of a metrics.json the evaluate_tracker rule wrote.
+    trackers = [layout.SCRATCH, layout.FIRST_BOX, "demo/twinmae_ep1", "demo/dropmae_ep1"]
+    for tracker, row in zip(trackers, table.itertuples()):
+        metrics = json.loads((demo_dag / layout.tracker_paths(layout.TRACKING_METRICS, tracker, "demo")).read_text())
+        assert metrics["scored"] and metrics["format"] == "got10k" and metrics["sequences"] == 8
+        assert (row.demo_ao, row.demo_sr50, row.demo_sr75) == pytest.approx((metrics["ao"], metrics["sr50"], metrics["sr75"]))
+        raw = demo_dag / layout.tracker_paths(layout.TRACKING_RAW, tracker, "demo")
+        assert len(list(raw.glob("*/*_001.txt"))) == 8 and len(list(raw.glob("*/*_time.txt"))) == 8
+    assert "demo AO (%)" in (demo_dag / layout.table_markdown("pretraining")).read_text()
+    for row in table.dropna(subset=["source"]).itertuples():
         cell = layout.Cell(row.source, row.method, row.epochs)
         metrics = json.loads((demo_dag / cell.paths(layout.CELL_METRICS)).read_text())
         assert row.heldout_loss == pytest.approx(metrics["heldout_loss"])
@@ -74,8 +84,8 @@ def test_changing_the_epochs_list_reruns_only_the_new_cells(demo_dag):
     write_yaml(demo_dag / "epochs.yaml", {"pretrain": {"epochs": [1, 2]}})
     result = snakemake(demo_dag, "--profile", "profiles/local", "-n", configfiles=["tiny.yaml", "epochs.yaml"])
     jobs = dry_run_jobs(result.stdout)
-    assert job_counts(result.stdout) == {"pretrain": 2, "analyse": 2, "table_pretraining": 1, "table_attention": 1,
-                                         "all": 1}
+    assert job_counts(result.stdout) == {"pretrain": 2, "analyse": 2, "finetune_tracker": 2, "evaluate_tracker": 2,
+                                         "table_pretraining": 1, "table_attention": 1, "all": 1}
     assert {tuple(job["output"]) for job in jobs if job["rule"] == "pretrain"} == {
         ("runs/pretrain/demo/twinmae_ep2/model.pth", "runs/pretrain/demo/twinmae_ep2/run.json"),
         ("runs/pretrain/demo/dropmae_ep2/model.pth", "runs/pretrain/demo/dropmae_ep2/run.json"),
@@ -87,7 +97,8 @@ def test_changing_a_recipe_value_retrains_but_does_not_reextract(demo_dag):
     result = snakemake(demo_dag, "--profile", "profiles/local", "-n", configfiles=["tiny.yaml", "blr.yaml"])
     counts = job_counts(result.stdout)
     assert counts["pretrain"] == 2 and counts["analyse"] == 2
-    assert "extract_frames" not in counts and "demo_videos" not in counts
+    assert counts["finetune_tracker"] == 2 and counts["evaluate_tracker"] == 2  # not the scratch or first-box rows
+    assert "extract_frames" not in counts and "demo_videos" not in counts and "demo_benchmark" not in counts
 
 
 def test_a_rerun_moves_the_old_run_aside_instead_of_resuming_it(demo_dag, tmp_path):
@@ -149,7 +160,8 @@ def test_a_missing_data_path_stops_the_run_before_any_job(scratch_repo):
 
 def test_the_slurm_profile_dry_runs_without_slurm(scratch_repo):
     result = snakemake(scratch_repo, "--profile", "slurm", "-n", "results/table_datasources.csv")
-    assert job_counts(result.stdout) == {"extract_frames": 1, "pretrain": 1, "analyse": 1, "table_datasources": 1}
+    assert job_counts(result.stdout) == {"extract_frames": 1, "pretrain": 1, "analyse": 1, "finetune_tracker": 1,
+                                         "evaluate_tracker": 1, "table_datasources": 1}
 
 
 def test_snakemake_lint_is_clean(scratch_repo):
@@ -191,7 +203,7 @@ def agreement_repo(tmp_path_factory, demo_tree) -> Path:
     repo = copy_repository(tmp_path_factory.mktemp("agree") / "repo")
     seed_demo_videos(repo, demo_tree)
     (repo / "clips").symlink_to(demo_tree, target_is_directory=True)
-    overlay = yaml.safe_load(yaml.safe_dump(TINY_OVERLAY))
+    overlay = with_tracking(TINY_OVERLAY)
     overlay["data"]["sources"]["clips"] = {"videos": "clips"}
     overlay["pretrain"]["epochs"] = [1, 2]
     merged = config_to_dict(load_config([repo / "params.yaml", write_yaml(repo / "overlay.yaml", overlay)]))
@@ -202,12 +214,20 @@ def agreement_repo(tmp_path_factory, demo_tree) -> Path:
 
 def test_snakemake_and_dvc_declare_the_same_stages(agreement_repo):
     dvc = _dvc_stages(agreement_repo)
-    targets = sorted({out if not out.startswith("data/frames") else out + "/manifest.csv"
+    # Snakemake targets files: a frames folder by its manifest, the demo benchmark by its summary.
+    marker = {"data/frames": "/manifest.csv", "data/demo-benchmark": "/summary.json"}
+    targets = sorted({out + next((m for prefix, m in marker.items() if out.startswith(prefix)), "")
                       for stage in dvc.values() for out in stage["outs"]})
     jobs = dry_run_jobs(snakemake(agreement_repo, *targets, "-n", "--forceall").stdout)
-    assert len(dvc) == len(jobs) == 1 + 2 + 2 * 2 * 2 * 2 + 3
+    cells = 2 * 2 * 2  # sources x methods x epochs
+    # videos, frames, pretrain + analyse per cell, 3 tables; demo benchmark, a tracker per cell and
+    # from scratch, each evaluated on the demo benchmark, plus the first-frame-box baseline.
+    assert len(dvc) == len(jobs) == 1 + 2 + 2 * cells + 3 + 1 + (cells + 1) + (cells + 2)
+    # DVC needs one stage per kind of input; Snakemake has one rule with an input function.
+    rule_of = {"finetune_tracker_scratch": "finetune_tracker", "evaluate_tracker_scratch": "evaluate_tracker",
+               "evaluate_first_box": "evaluate_tracker"}
     for name, stage in dvc.items():
-        rule = name.split("@")[0]
+        rule = rule_of.get(name.split("@")[0], name.split("@")[0])
         matching = [job for job in jobs if job["rule"] == rule
                     and all(any(_covers(out, path) for out in stage["outs"]) for path in job["output"])]
         assert len(matching) == 1, f"no Snakemake job of rule {rule} writes the outs of {name}"
@@ -230,13 +250,18 @@ def test_dvc_params_are_what_the_rules_rerun_on(agreement_repo):
     assert dvc["pretrain@demo-dropmae-1"]["params"] == sorted(expected_pretrain)
     assert dvc["extract_frames@demo"]["params"] == sorted(f"data.extraction.{k}" for k in signature["extraction"])
     assert dvc["analyse@demo-dropmae-1"]["params"] == sorted(f"analysis.{k}" for k in stages.ANALYSIS_KEYS)
+    tracking = stages.tracker_signature(config, "demo/dropmae_ep1")
+    expected_tracking = ["tracking.benchmarks"] + [f"tracking.{k}" for k in tracking if k != "train_data"]
+    assert dvc["finetune_tracker@demo-dropmae-1"]["params"] == sorted(expected_tracking)
+    assert dvc["finetune_tracker_scratch"]["params"] == sorted(expected_tracking + ["model.encoder", "model.patch_size"])
 
 
 @pytest.fixture(scope="module")
 def dvc_repo(tmp_path_factory, demo_tree) -> Path:
     """A git + DVC repository of the workflow with the tiny configuration as its params.yaml."""
     repo = copy_repository(tmp_path_factory.mktemp("dvc") / "repo")
-    merged = config_to_dict(load_config([repo / "params.yaml", write_yaml(repo / "tiny.yaml", TINY_OVERLAY)]))
+    overlay = write_yaml(repo / "tiny.yaml", with_tracking(TINY_OVERLAY))
+    merged = config_to_dict(load_config([repo / "params.yaml", overlay]))
     write_yaml(repo / "params.yaml", merged)
     git = ["git", "-c", "user.email=ci@example.org", "-c", "user.name=ci"]
     run(["git", "init", "-q"], repo)
@@ -256,6 +281,8 @@ def test_dvc_repro_metrics_plots_and_experiments(dvc_repo):
     files = next(iter(metrics.values()))["data"]
     cell = files["results/cells/demo/dropmae_ep1/metrics.json"]["data"]
     assert cell["method"] == "dropmae" and cell["heldout_loss"] > 0
+    tracking = files["results/tracking/demo/dropmae_ep1/demo/metrics.json"]["data"]
+    assert 0 <= tracking["ao"] <= 1 and tracking["scored"]
     plots = run(["dvc", "plots", "show", "--json"], dvc_repo)
     assert "results/attention_layers.csv" in plots.stdout
 
@@ -265,4 +292,6 @@ def test_dvc_repro_metrics_plots_and_experiments(dvc_repo):
     experiment = run(["dvc", "exp", "run", "-S", "pretrain.epochs=[1,2]"], dvc_repo)
     ran = {line.split("'")[1] for line in experiment.stdout.splitlines() if line.startswith("Running stage")}
     assert ran == {"pretrain@demo-twinmae-2", "pretrain@demo-dropmae-2", "analyse@demo-twinmae-2",
-                   "analyse@demo-dropmae-2", "table_pretraining", "table_datasources", "table_attention"}
+                   "analyse@demo-dropmae-2", "finetune_tracker@demo-twinmae-2", "finetune_tracker@demo-dropmae-2",
+                   "evaluate_tracker@demo-twinmae-2-demo", "evaluate_tracker@demo-dropmae-2-demo",
+                   "table_pretraining", "table_datasources", "table_attention"}

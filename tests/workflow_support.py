@@ -38,14 +38,35 @@ TINY_OVERLAY = {
     "pretrain": {"epochs": [1], "frame_gap": 8, "batch_size": 2, "num_workers": 0, "keep_epochs": [],
                  "checkpoint_every_steps": 0, "warmup_epochs": 0, "log_every_steps": 1},
     "analysis": {"heldout_pairs": 2, "batch_size": 2, "figure_pairs": 1},
+    # No trackers here (TINY_TRACKING turns them on): empty training and evaluation sets.
+    "tracking": {"preset": "demo_micro", "benchmarks": {}, "train": {}, "evaluate": {}},
     "launcher": {
         "executor": "local",
         "pretrain": {"partition": None, "nodes": 1, "gpus_per_node": 0, "cpus_per_task": 1,
                      "mem_gb_per_node": 2, "time_min": 20},
         "extract": {"partition": None, "cpus": 1, "mem_gb": 1, "time_min": 10},
         "analyse": {"partition": None, "cpus": 1, "mem_gb": 1, "time_min": 10, "gpus": 0},
+        "finetune": {"partition": None, "nodes": 1, "gpus_per_node": 0, "cpus_per_task": 1,
+                     "mem_gb_per_node": 2, "time_min": 20},
+        "evaluate": {"partition": None, "cpus": 1, "mem_gb": 1, "time_min": 10, "gpus": 0},
+        "benchmark": {"partition": None, "cpus": 1, "mem_gb": 1, "time_min": 10, "gpus": 0},
     },
 }
+
+# TINY_OVERLAY plus trackers on the demo benchmark: one epoch of 16 pairs per tracker.
+TINY_TRACKING = {
+    "benchmarks": {"demo": {"format": "got10k", "root": "data/demo-benchmark/got10k"}},
+    "train": {"demo": {"split": "train"}},
+    "evaluate": {"demo": {"split": "val"}},
+    "template_size": 16, "search_size": 32, "epochs": 1, "samples_per_epoch": 16, "batch_size": 8,
+    "ce_locations": [1], "head_channels": 16,
+}
+
+
+def with_tracking(overlay: dict) -> dict:
+    merged = json.loads(json.dumps(overlay))
+    merged["tracking"].update(TINY_TRACKING)
+    return merged
 
 
 def tool_environment() -> dict[str, str]:

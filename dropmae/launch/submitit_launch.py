@@ -42,7 +42,7 @@ TERMINAL_STATES = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", 
 
 
 class LaunchError(RuntimeError):
-    """A pretraining job failed or vanished; the message carries the job's own error."""
+    """A training job failed or vanished; the message carries the job's own error."""
 
 
 def _preempt_signal_name() -> str:
@@ -61,8 +61,8 @@ def _export_distributed_environment(env: submitit.JobEnvironment) -> None:
     )
 
 
-class PretrainJob(Checkpointable):
-    """One pretraining cell, run by every task of a submitit job.
+class TrainingJob(Checkpointable):
+    """One training run (a pretraining cell or a tracker fine-tuning), run by every task of a submitit job.
 
     Holds plain data only (the config as a dict), so the pickle submitit writes does not depend
     on the package's classes staying the same between submission and requeue. Checkpointable's
@@ -70,23 +70,24 @@ class PretrainJob(Checkpointable):
     output_dir/checkpoint-last.pth, and the requeued call resumes from it.
     """
 
-    def __init__(self, config: dict, run: dict, data_path: str, output_dir: str) -> None:
+    resources_key = "pretrain"  # the launcher.* section whose job this is
+
+    def __init__(self, config: dict, output_dir: str) -> None:
         self.config = config
-        self.run = run
-        self.data_path = data_path
         self.output_dir = output_dir
 
-    def __call__(self) -> dict:
-        from dropmae.engine.pretrain import pretrain  # imported in the job, after the environment is set
+    def train(self):
+        """Run (or resume) the training; returns the loop's TrainingOutcome."""
+        raise NotImplementedError
 
+    def __call__(self) -> dict:
         import torch
 
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             _export_distributed_environment(env)
-        torch.set_num_threads(self.config["launcher"]["pretrain"]["cpus_per_task"])
-        outcome = pretrain(config_from_dict(self.config), PretrainRun(**self.run), self.data_path,
-                           self.output_dir, progress=False)
+        torch.set_num_threads(self.config["launcher"][self.resources_key]["cpus_per_task"])
+        outcome = self.train()
         if outcome.status == "completed":
             return {"status": outcome.status, "epoch": outcome.epoch, "global_step": outcome.global_step,
                     "checkpoint": str(outcome.checkpoint), "last_loss": outcome.last_loss}
@@ -97,13 +98,45 @@ class PretrainJob(Checkpointable):
         raise SystemExit(0)
 
 
-def build_executor(launcher: LauncherConfig, folder: Path, name: str) -> submitit.Executor:
-    """submitit's SLURM executor, or its local executor (one node, same job code), from launcher.*."""
-    job = launcher.pretrain
+class PretrainJob(TrainingJob):
+    """One pretraining cell."""
+
+    def __init__(self, config: dict, run: dict, data_path: str, output_dir: str) -> None:
+        super().__init__(config, output_dir)
+        self.run = run
+        self.data_path = data_path
+
+    def train(self):
+        from dropmae.engine.pretrain import pretrain  # imported in the job, after the environment is set
+
+        return pretrain(config_from_dict(self.config), PretrainRun(**self.run), self.data_path, self.output_dir,
+                        progress=False)
+
+
+class FinetuneTrackerJob(TrainingJob):
+    """One tracker fine-tuning, from a pretraining checkpoint or (pretrained None) from scratch."""
+
+    resources_key = "finetune"
+
+    def __init__(self, config: dict, name: str, pretrained: str | None, output_dir: str) -> None:
+        super().__init__(config, output_dir)
+        self.name = name
+        self.pretrained = pretrained
+
+    def train(self):
+        from dropmae.tracking.train import finetune_tracker
+
+        return finetune_tracker(config_from_dict(self.config), self.pretrained, self.output_dir, name=self.name,
+                                progress=False)
+
+
+def build_executor(launcher: LauncherConfig, folder: Path, name: str, resources_key: str = "pretrain") -> submitit.Executor:
+    """submitit's SLURM executor, or its local executor (one node, same job code), from launcher.<resources_key>."""
+    job = getattr(launcher, resources_key)
     tasks_per_node = tasks_per_node_of(job)
     if launcher.executor == "local":
         if job.nodes != 1:
-            raise ConfigError(f"launcher.pretrain.nodes: the local executor runs one node, got {job.nodes}")
+            raise ConfigError(f"launcher.{resources_key}.nodes: the local executor runs one node, got {job.nodes}")
         executor = submitit.LocalExecutor(folder=folder, max_num_timeout=job.max_requeues)
         executor.update_parameters(timeout_min=job.time_min, nodes=1, tasks_per_node=tasks_per_node,
                                    gpus_per_node=job.gpus_per_node, signal_delay_s=job.signal_delay_s)
@@ -167,9 +200,9 @@ def wait_for_result(job: submitit.Job, executor_kind: str, poll_s: float = 5.0,
             try:
                 results = job.results()
             except submitit.core.utils.FailedJobError as error:
-                raise LaunchError(f"pretraining job {job.job_id} failed:\n{error}") from None
+                raise LaunchError(f"job {job.job_id} failed:\n{error}") from None
             except submitit.core.utils.UncompletedJobError as error:
-                raise LaunchError(f"pretraining job {job.job_id} ended without a result: {error}\n"
+                raise LaunchError(f"job {job.job_id} ended without a result: {error}\n"
                                   + _job_logs(job)) from None
             return results[0]
         if executor_kind == "slurm":
@@ -184,7 +217,7 @@ def wait_for_result(job: submitit.Job, executor_kind: str, poll_s: float = 5.0,
                 if time.monotonic() - gone_since > max(3 * poll_s, 10):
                     if job.paths.result_pickle.exists():
                         continue
-                    raise LaunchError(f"pretraining job {job.job_id} ended ({state or 'left the queue'}) "
+                    raise LaunchError(f"job {job.job_id} ended ({state or 'left the queue'}) "
                                       "without a result\n" + _job_logs(job))
             else:
                 gone_since = None
@@ -203,9 +236,9 @@ def _recorded_job(folder: Path, executor_kind: str, num_tasks: int) -> submitit.
     return submitit.SlurmJob(folder=folder, job_id=job_id, tasks=tuple(range(num_tasks)))
 
 
-def launch_pretraining(config: Config, run: PretrainRun, data_path: str | Path, output_dir: str | Path,
-                       report: Callable[[str], None] = print, poll_s: float = 5.0) -> dict:
-    """Run one pretraining cell through submitit and wait for it; returns the job's summary.
+def launch_training(config: Config, job_callable: TrainingJob, output_dir: str | Path, name: str,
+                    report: Callable[[str], None] = print, poll_s: float = 5.0) -> dict:
+    """Run one training job through submitit and wait for it; returns the job's summary.
 
     A SLURM job left running by an interrupted waiter is attached to instead of submitted twice.
     """
@@ -213,18 +246,18 @@ def launch_pretraining(config: Config, run: PretrainRun, data_path: str | Path, 
     folder = output_dir / "submitit"
     folder.mkdir(parents=True, exist_ok=True)
     launcher = config.launcher
-    num_tasks = launcher.pretrain.nodes * tasks_per_node_of(launcher.pretrain)
+    resources = getattr(launcher, job_callable.resources_key)
+    num_tasks = resources.nodes * tasks_per_node_of(resources)
     started = time.time()
     job = _recorded_job(folder, launcher.executor, num_tasks)
     if job is not None:
         report(f"attaching to running job {job.job_id} (submitted earlier for {output_dir})")
     else:
-        executor = build_executor(launcher, folder, name=f"dropmae-{run.source}-{run.method}-ep{run.epochs}")
-        job = executor.submit(PretrainJob(config_to_dict(config), asdict(run), str(data_path), str(output_dir)))
+        executor = build_executor(launcher, folder, name=name, resources_key=job_callable.resources_key)
+        job = executor.submit(job_callable)
         (folder / JOB_RECORD).write_text(json.dumps({"job_id": str(job.job_id), "executor": launcher.executor,
                                                      "submitted": started}) + "\n")
-        report(f"submitted {launcher.executor} job {job.job_id} for {run.method} {run.epochs} epochs "
-               f"({num_tasks} task(s)); logs in {folder}")
+        report(f"submitted {launcher.executor} job {job.job_id} for {name} ({num_tasks} task(s)); logs in {folder}")
     try:
         result = wait_for_result(job, launcher.executor, poll_s=poll_s, report=report)
     except KeyboardInterrupt:
@@ -235,3 +268,17 @@ def launch_pretraining(config: Config, run: PretrainRun, data_path: str | Path, 
         raise
     result.update(job_id=str(job.job_id), executor=launcher.executor, wall_time_s=time.time() - started)
     return result
+
+
+def launch_pretraining(config: Config, run: PretrainRun, data_path: str | Path, output_dir: str | Path,
+                       report: Callable[[str], None] = print, poll_s: float = 5.0) -> dict:
+    """One pretraining cell through submitit (launcher.pretrain resources)."""
+    job = PretrainJob(config_to_dict(config), asdict(run), str(data_path), str(output_dir))
+    return launch_training(config, job, output_dir, f"dropmae-{run.source}-{run.method}-ep{run.epochs}", report, poll_s)
+
+
+def launch_tracker_finetuning(config: Config, name: str, pretrained: str | Path | None, output_dir: str | Path,
+                              report: Callable[[str], None] = print, poll_s: float = 5.0) -> dict:
+    """One tracker fine-tuning through submitit (launcher.finetune resources)."""
+    job = FinetuneTrackerJob(config_to_dict(config), name, None if pretrained is None else str(pretrained), str(output_dir))
+    return launch_training(config, job, output_dir, f"droptrack-{name.replace('/', '-')}", report, poll_s)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dropmae.config import DEMO_VIDEOS, Config, PretrainRun
+from dropmae.config import DEMO_TRACKING_BENCHMARK, DEMO_VIDEOS, Config, PretrainRun
 
 CELL = "{method}_ep{epochs}"
 RUN_DIR = "runs/pretrain/{source}/" + CELL
@@ -30,6 +30,20 @@ ATTENTION_LAYERS = "results/attention_layers.csv"
 METRICS = "results/metrics_{table}.json"
 
 LOGS = "logs/{stage}/{name}.log"
+
+# Tracking. A tracker is named by where its encoder comes from: a pretraining cell
+# ("{source}/{method}_ep{epochs}"), SCRATCH (no pretraining) or FIRST_BOX (no network: the
+# first-frame box repeated, the floor every tracker must beat).
+SCRATCH = "scratch"
+FIRST_BOX = "first_box"
+DEMO_BENCHMARK_SUMMARY = DEMO_TRACKING_BENCHMARK + "/summary.json"
+TRACKER_RUN = "runs/track/{tracker}"
+TRACKER_MODEL = TRACKER_RUN + "/model.pth"  # fine-tuned weights + config (no optimiser state)
+TRACKER_SUMMARY = TRACKER_RUN + "/run.json"
+TRACKING_DIR = "results/tracking/{tracker}/{benchmark}"
+TRACKING_METRICS = TRACKING_DIR + "/metrics.json"
+TRACKING_RAW = TRACKING_DIR + "/raw"  # result files in the benchmark's official format
+TRACKING_PLOT = TRACKING_DIR + "/success.png"
 
 
 def table_csv(table: str) -> str:
@@ -103,3 +117,48 @@ def ensure_parent(path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# ----------------------------------------------------------------------------- tracking
+def tracker_of(cell: Cell) -> str:
+    return f"{cell.source}/{cell.method}_ep{cell.epochs}"
+
+
+def cell_of_tracker(tracker: str) -> Cell | None:
+    """The pretraining cell a tracker starts from (None for SCRATCH and FIRST_BOX)."""
+    if tracker in (SCRATCH, FIRST_BOX):
+        return None
+    source, rest = tracker.split("/")
+    method, epochs = rest.rsplit("_ep", 1)
+    return Cell(source, method, int(epochs))
+
+
+def tracker_paths(template: str, tracker: str, benchmark: str = "{benchmark}") -> str:
+    return template.format(tracker=tracker, benchmark=benchmark)
+
+
+def tracking_enabled(config: Config) -> bool:
+    """Trackers are fine-tuned and evaluated when params.yaml names training and evaluation sets."""
+    return bool(config.tracking.train) and bool(config.tracking.evaluate)
+
+
+def table_trackers(config: Config, table: str) -> list[str]:
+    """The trackers whose results a table shows: one per pretraining cell of the table, and for the
+    pretraining table the no-pretraining and first-frame-box rows."""
+    if not tracking_enabled(config) or table == "attention":
+        return []
+    trackers = [tracker_of(cell) for cell in table_cells(config, table)]
+    if table == "pretraining":
+        trackers = ([SCRATCH] if config.tracking.baseline else []) + [FIRST_BOX] + trackers
+    return trackers
+
+
+def tracking_results(config: Config, table: str) -> list[str]:
+    return [tracker_paths(TRACKING_METRICS, tracker, benchmark)
+            for tracker in table_trackers(config, table) for benchmark in config.tracking.evaluate]
+
+
+def uses_demo_benchmark(config: Config) -> bool:
+    t = config.tracking
+    return tracking_enabled(config) and any(
+        t.benchmarks[name].root.startswith(DEMO_TRACKING_BENCHMARK) for name in {*t.train, *t.evaluate})

@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 
 from dropmae.config import Config, config_from_dict, config_to_dict
 from dropmae.engine.checkpoint import LAST_CHECKPOINT, atomic_torch_save, load_checkpoint
+from dropmae.workflow import layout
 from dropmae.workflow.layout import Cell, ensure_parent, frames_dir
 
 RUN_ARTIFACTS = ("checkpoint-*.pth", "log.jsonl", "summary.json")
@@ -70,19 +72,24 @@ def _signature_of_checkpoint(state: dict, cell: Cell) -> dict | None:
 
 
 def supersede_stale_run(config: Config, cell: Cell, run_dir: Path, report: Callable[[str], None] = print) -> None:
-    """Move a finished or differently configured run out of the way (never delete it).
+    """Move a finished or differently configured pretraining run out of the way (never delete it)."""
+    signature = run_signature(config, cell)
+    _supersede_stale(run_dir, cell.name, lambda state: (state["epoch"] >= cell.epochs,
+                                                        _signature_of_checkpoint(state, cell) == signature), report)
 
-    The engine resumes from checkpoint-last; that is right after an interruption, wrong when
-    the DAG reruns the cell because its inputs or parameters changed.
-    """
+
+def _supersede_stale(run_dir: Path, name: str, judge: Callable[[dict], tuple[bool, bool]],
+                     report: Callable[[str], None]) -> None:
+    """The engine resumes from checkpoint-last; that is right after an interruption, wrong when
+    the DAG reruns the run because its inputs or parameters changed. ``judge(state)`` says
+    (finished, same configuration)."""
     last = run_dir / LAST_CHECKPOINT
     if not last.is_file():
         return
     state = load_checkpoint(last)
-    finished = state["epoch"] >= cell.epochs
-    same = _signature_of_checkpoint(state, cell) == run_signature(config, cell)
+    finished, same = judge(state)
     if same and not finished:
-        report(f"resuming {cell.name} from {last} (epoch {state['epoch']}, global step {state['global_step']})")
+        report(f"resuming {name} from {last} (epoch {state['epoch']}, global step {state['global_step']})")
         return
     archive = run_dir / "superseded" / time.strftime("%Y%m%d-%H%M%S")
     archive.mkdir(parents=True)
@@ -90,7 +97,7 @@ def supersede_stale_run(config: Config, cell: Cell, run_dir: Path, report: Calla
         for path in run_dir.glob(pattern):
             shutil.move(str(path), archive / path.name)
     why = "it had finished" if finished else "its configuration differs"
-    report(f"{cell.name}: the previous run was moved to {archive} ({why}); starting afresh")
+    report(f"{name}: the previous run was moved to {archive} ({why}); starting afresh")
 
 
 def sha256_of(path: str | Path) -> str:
@@ -178,3 +185,130 @@ def cell_parameters(config: Config, cell: Cell) -> dict:
         "masking": p.masking, "frame_gap": p.frame_gap, "batch_size": p.batch_size, "accum_iter": p.accum_iter,
         "blr": p.blr, "warmup_epochs": p.warmup_epochs, "norm_pix_loss": p.norm_pix_loss, "seed": p.seed,
     }
+
+
+# ----------------------------------------------------------------------------- tracking
+# Tracking settings that change how a fine-tuning runs or how it is scored, not what it learns.
+TRACKING_OPERATIONAL_KEYS = {"preset", "baseline", "benchmarks", "evaluate", "num_workers", "checkpoint_every_steps",
+                             "log_every_steps", "clip_margin"}
+TRACKING_TEST_KEYS = ("template_factor", "search_factor", "clip_margin")
+
+
+def build_demo_benchmark_stage(videos_root: str | Path, summary_path: str | Path) -> dict:
+    """The embedded tracking / segmentation benchmark, next to its summary."""
+    from dropmae.tracking.demo_benchmark import DemoBenchmarkSettings, build_demo_benchmark
+
+    summary_path = ensure_parent(summary_path)
+    summary = build_demo_benchmark(videos_root, summary_path.parent, DemoBenchmarkSettings())
+    summary_path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+def tracker_signature(config: Config, tracker: str) -> dict:
+    """Everything a fine-tuned tracker depends on besides its pretraining checkpoint (operational keys left out)."""
+    values = config_to_dict(config)["tracking"]
+    signature = {k: v for k, v in values.items() if k not in TRACKING_OPERATIONAL_KEYS}
+    signature["train_data"] = {name: values["benchmarks"][name] for name in values["train"]}
+    if tracker == layout.SCRATCH:  # the encoder's size then comes from model.*
+        signature["model"] = {k: values_model for k, values_model in config_to_dict(config)["model"].items()
+                              if k in ("encoder", "patch_size")}
+    return signature
+
+
+def finetune_tracker_stage(config: Config, tracker: str, pretrained_model: str | Path | None, model_path: str | Path,
+                           summary_path: str | Path, report: Callable[[str], None] = print) -> dict:
+    """Fine-tune one tracker through the launcher; write its final weights and a summary."""
+    from dropmae.launch.submitit_launch import launch_tracker_finetuning
+
+    model_path, summary_path = ensure_parent(model_path), ensure_parent(summary_path)
+    run_dir = model_path.parent
+    signature = tracker_signature(config, tracker)
+
+    def judge(state: dict) -> tuple[bool, bool]:
+        try:
+            same = tracker_signature(config_from_dict(state["config"]), tracker) == signature
+        except Exception:  # written by another version of the config
+            same = False
+        return state["epoch"] >= config.tracking.epochs, same and state.get("pretrained") == (
+            None if pretrained_model is None else str(pretrained_model))
+
+    _supersede_stale(run_dir, f"tracker {tracker}", judge, report)
+    result = launch_tracker_finetuning(config, tracker, pretrained_model, run_dir, report=report)
+    state = load_checkpoint(run_dir / LAST_CHECKPOINT)
+    final = {key: state[key] for key in ("model", "config", "pretrained", "architecture", "epoch", "global_step")}
+    atomic_torch_save(final, model_path)
+    summary = {**result, "tracker": tracker, "pretrained": None if pretrained_model is None else str(pretrained_model),
+               "pretrained_sha256": None if pretrained_model is None else sha256_of(pretrained_model),
+               "model": str(model_path), "model_sha256": sha256_of(model_path), "signature": signature}
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    report(f"tracker {tracker}: {result['global_step']} steps, last loss {result['last_loss']}, wrote {model_path}")
+    return summary
+
+
+def evaluate_tracker_stage(config: Config, tracker: str, benchmark: str, model_path: str | Path | None,
+                           metrics_path: str | Path, plot_path: str | Path, raw_dir: str | Path,
+                           report: Callable[[str], None] = print) -> dict:
+    """Run one tracker over a benchmark split, write official-format results, score them where the
+    split has ground truth, and plot the success curve."""
+    from dropmae.tracking.datasets import read_benchmark
+    from dropmae.tracking.metrics import evaluate_got10k, evaluate_ope, save_success_plot
+    from dropmae.tracking.tracker import DropTracker, TrackerSettings, run_first_box_baseline, run_sequence, write_result
+    from dropmae.tracking.train import load_finetuned_tracker
+
+    t = config.tracking
+    bench, split = t.benchmarks[benchmark], t.evaluate[benchmark].split
+    sequences = read_benchmark(bench.format, bench.root, split)  # errors name the file before any tracking
+    raw_dir = Path(raw_dir)
+    if raw_dir.exists():
+        shutil.rmtree(raw_dir)
+    raw_dir.mkdir(parents=True)
+    if tracker == layout.FIRST_BOX:
+        run = run_first_box_baseline
+    else:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model, trained = load_finetuned_tracker(model_path, device)
+        # Crop factors are the fine-tuning's (the network saw those scales); the margin is this run's.
+        settings = TrackerSettings(trained.tracking.template_factor, trained.tracking.search_factor, t.clip_margin)
+        online = DropTracker(model, settings, device)
+        run = lambda sequence: run_sequence(online, sequence)  # noqa: E731
+    frames = 0
+    for sequence in sequences:
+        boxes, times = run(sequence)
+        write_result(bench.format, raw_dir, sequence.name, boxes, times)
+        frames += len(boxes)
+    scored = all(len(s.boxes) == len(s.frames) for s in sequences)
+    metrics: dict = {"tracker": tracker, "benchmark": benchmark, "format": bench.format, "split": split,
+                     "sequences": len(sequences), "frames": frames, "scored": scored, "results": str(raw_dir)}
+    if model_path is not None:
+        metrics.update(checkpoint=str(model_path), checkpoint_sha256=sha256_of(model_path))
+    if scored:
+        if bench.format == "got10k":
+            scores = evaluate_got10k(sequences, raw_dir)
+        else:
+            scores = evaluate_ope(sequences, raw_dir, bench.format)
+        curve = scores.pop("success_curve")
+        metrics.update({k: v for k, v in scores.items() if not isinstance(v, (dict, list))})
+        metrics["success_curve"] = [float(v) for v in curve]
+        headline = scores.get("ao", scores.get("auc"))
+        save_success_plot({tracker: (np.linspace(0, 1, len(curve)), np.asarray(curve))}, ensure_parent(plot_path),
+                          f"{benchmark} ({split}): {tracker}")
+        report(f"{tracker} on {benchmark} {split}: {headline}")
+    else:
+        report(f"{benchmark} {split} ships first-frame boxes only: wrote result files for its evaluation server")
+        _placeholder_plot(plot_path, f"{benchmark} {split}: no ground truth here; submit {raw_dir}")
+    ensure_parent(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _placeholder_plot(path: str | Path, message: str) -> None:
+    """The rule's plot output when a split cannot be scored here: a figure that says why."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 1.5))
+    axis.axis("off")
+    axis.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
+    figure.savefig(ensure_parent(path), dpi=100)
+    plt.close(figure)

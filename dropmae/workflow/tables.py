@@ -14,6 +14,9 @@ import pandas as pd
 from dropmae.analysis.attention import display_name, save_attention_bars
 from dropmae.config import Config
 from dropmae.workflow.layout import (
+    FIRST_BOX,
+    SCRATCH,
+    TRACKING_METRICS,
     ATTENTION_LAYERS,
     ATTENTION_PLOT,
     CELL_ATTENTION,
@@ -23,6 +26,9 @@ from dropmae.workflow.layout import (
     ensure_parent,
     table_cells,
     table_source,
+    table_trackers,
+    tracker_of,
+    tracker_paths,
 )
 
 CELL_COLUMNS = ["source", "method", "epochs", "heldout_loss", "between_frame_share", "within_frame_share",
@@ -32,6 +38,15 @@ MARKDOWN_COLUMNS = {
     "between_frame_share": "Between-frame attn.", "within_frame_share": "Within-frame attn.",
     "checkpoint_sha256": "Checkpoint (sha256)",
 }
+
+
+# Scores each benchmark protocol reports: GOT-10k AO / SR as fractions (the got10k toolkit),
+# LaSOT / TNL2K / TrackingNet AUC / P / P_norm in percent (pytracking).
+TRACKING_SCORES = {
+    "got10k": (("ao", "AO"), ("sr50", "SR0.5"), ("sr75", "SR0.75")),
+    "ope": (("auc", "AUC"), ("precision", "P"), ("norm_precision", "P_norm")),
+}
+TRACKER_ROWS = {SCRATCH: "No pre-training", FIRST_BOX: "First-frame box (trivial tracker)"}
 
 
 class MissingResultError(FileNotFoundError):
@@ -55,10 +70,55 @@ def _cell_rows(cells: list[Cell]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
 
 
-def _markdown(frame: pd.DataFrame, title: str, notes: list[str]) -> str:
-    shown = frame[[c for c in MARKDOWN_COLUMNS if c in frame.columns]].copy()
+def _tracking_scores(config: Config, tracker: str) -> dict:
+    """``{benchmark}_{score}`` of one tracker on every evaluated benchmark that could be scored here
+    (a split without ground truth, such as GOT-10k test, leaves its cells absent)."""
+    scores = {}
+    for benchmark in config.tracking.evaluate:
+        path = Path(tracker_paths(TRACKING_METRICS, tracker, benchmark))
+        if not path.is_file():
+            raise MissingResultError(f"{path}: no tracking result for {tracker} on {benchmark}; run evaluate_tracker")
+        metrics = json.loads(path.read_text())
+        if not metrics["scored"]:
+            continue
+        protocol = "got10k" if metrics["format"] == "got10k" else "ope"
+        for key, _ in TRACKING_SCORES[protocol]:
+            scores[f"{benchmark}_{key}"] = metrics[key]
+    return scores
+
+
+def _tracking_header(config: Config, column: str) -> str | None:
+    for benchmark, bench in config.tracking.benchmarks.items():
+        protocol = "got10k" if bench.format == "got10k" else "ope"
+        for key, label in TRACKING_SCORES[protocol]:
+            if column == f"{benchmark}_{key}":
+                return f"{benchmark} {label}" + (" (%)" if protocol == "got10k" else "")
+    return None
+
+
+def _with_tracking(config: Config, frame: pd.DataFrame, cells: list[Cell], table: str) -> pd.DataFrame:
+    """The cells' rows with their trackers' scores, below the baseline rows of the table."""
+    trackers = table_trackers(config, table)
+    if not trackers:
+        return frame
+    scores = pd.DataFrame([_tracking_scores(config, tracker_of(cell)) for cell in cells], index=frame.index)
+    frame = pd.concat([frame, scores], axis=1)
+    baselines = [{"method": TRACKER_ROWS[t], **_tracking_scores(config, t)} for t in trackers if t in TRACKER_ROWS]
+    if baselines:
+        frame = pd.concat([pd.DataFrame(baselines), frame], ignore_index=True)
+    return frame
+
+
+def _markdown(frame: pd.DataFrame, title: str, notes: list[str], config: Config | None = None) -> str:
+    tracking = {c: _tracking_header(config, c) for c in frame.columns} if config is not None else {}
+    tracking = {c: h for c, h in tracking.items() if h}
+    shown = frame[[c for c in MARKDOWN_COLUMNS if c in frame.columns] + list(tracking)].copy()
+    for column, header in tracking.items():
+        if header.endswith("(%)"):  # the paper prints GOT-10k AO / SR in percent
+            shown[column] = shown[column] * 100
+    shown = shown.rename(columns=tracking)
     if "method" in shown:
-        shown["method"] = shown["method"].map(display_name)
+        shown["method"] = shown["method"].map(lambda m: m if m in TRACKER_ROWS.values() else display_name(m))
     if "checkpoint_sha256" in shown:
         shown["checkpoint_sha256"] = shown["checkpoint_sha256"].str[:12]
     shown = shown.rename(columns=MARKDOWN_COLUMNS)
@@ -66,9 +126,15 @@ def _markdown(frame: pd.DataFrame, title: str, notes: list[str]) -> str:
     return f"# {title}\n\n" + "".join(f"{note}\n" for note in notes) + "\n" + body + "\n"
 
 
-def _write(frame: pd.DataFrame, csv_path: str | Path, md_path: str | Path, title: str, notes: list[str]) -> None:
+def _write(frame: pd.DataFrame, csv_path: str | Path, md_path: str | Path, title: str, notes: list[str],
+           config: Config | None = None) -> None:
     frame.to_csv(ensure_parent(csv_path), index=False)
-    ensure_parent(md_path).write_text(_markdown(frame, title, notes))
+    ensure_parent(md_path).write_text(_markdown(frame, title, notes, config))
+
+
+TRACKING_NOTE = ("Tracking: DropTrack fine-tuned from each checkpoint (tracking.preset), run over "
+                 "tracking.evaluate; GOT-10k-format benchmarks: AO / SR as the got10k toolkit computes them "
+                 "(shown x 100); LaSOT / TNL2K / TrackingNet: AUC / P / P_norm in pytracking's convention.")
 
 
 MEASURED = ("Held-out loss: masked-patch reconstruction loss on held-out pairs (eval mode, fixed masks). "
@@ -78,18 +144,20 @@ MEASURED = ("Held-out loss: masked-patch reconstruction loss on held-out pairs (
 
 def table_pretraining(config: Config, csv_path, md_path) -> pd.DataFrame:
     """Method x epochs on one source, like the paper's pretraining comparison."""
-    frame = _cell_rows(table_cells(config, "pretraining"))
+    cells = table_cells(config, "pretraining")
+    frame = _with_tracking(config, _cell_rows(cells), cells, "pretraining")
     _write(frame, csv_path, md_path, f"Pretraining comparison on {table_source(config)}",
-           [MEASURED, "Tracking (AO, SR) and segmentation (J&F) columns are added by their stages."])
+           [MEASURED, TRACKING_NOTE, "Segmentation (J&F) columns are added by their stage."], config)
     return frame
 
 
 def table_datasources(config: Config, csv_path, md_path) -> pd.DataFrame:
     """One row per data source for one method and epoch budget, like the paper's data-sources table."""
-    frame = _cell_rows(table_cells(config, "datasources"))
+    cells = table_cells(config, "datasources")
+    frame = _with_tracking(config, _cell_rows(cells), cells, "datasources")
     method = display_name(config.analysis.datasource_method)
     _write(frame, csv_path, md_path, f"Pretraining data sources ({method}, {datasource_epochs(config)} epochs)",
-           [MEASURED])
+           [MEASURED, TRACKING_NOTE], config)
     return frame
 
 

@@ -1,0 +1,172 @@
+"""Fine-tuning DropTrack: OSTrack's recipe as a task of the shared training loop.
+
+AdamW over two groups (the ViT backbone at lr x backbone_lr_scale, the head at lr), weight
+decay on every parameter as OSTrack does, a step decay of the lr at ``lr_drop_epoch``,
+gradient clipping, and the candidate-elimination keep ratio annealed from 1 to
+``ce_keep_ratio`` with a cosine between ``ce_start_epoch`` and ``ce_start_epoch +
+ce_warm_epochs``. Resume, AMP, DDP, signals and checkpoints are the loop's.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from dropmae.config import Config, config_to_dict
+from dropmae.engine.checkpoint import load_checkpoint
+from dropmae.engine.distributed import init_distributed
+from dropmae.engine.loop import LoopSettings, TrainingOutcome, TrainingTask, resolve_device, run_training
+from dropmae.seeding import derive_seed
+from dropmae.tracking.datasets import TrackingSequence, read_benchmark
+from dropmae.tracking.losses import tracking_loss
+from dropmae.tracking.model import DropTrack, LoadReport, droptrack_from_checkpoint
+from dropmae.tracking.processing import CropSettings, TrackingPairDataset
+
+HEAD_PREFIX = "box_head."
+
+
+def keep_ratio_at(epoch: int, base_ratio: float, start_epoch: int, warm_epochs: int) -> float:
+    """1 before ``start_epoch``, ``base_ratio`` from ``start_epoch + warm_epochs``, a half cosine between
+    (OSTrack's adjust_keep_rate with one step per epoch)."""
+    if epoch < start_epoch:
+        return 1.0
+    if epoch >= start_epoch + warm_epochs:
+        return base_ratio
+    progress = (epoch - start_epoch) / warm_epochs
+    return base_ratio + (1.0 - base_ratio) * 0.5 * (math.cos(progress * math.pi) + 1.0)
+
+
+def tracker_model_arguments(config: Config) -> dict:
+    t = config.tracking
+    return dict(template_size=t.template_size, search_size=t.search_size, ce_locations=tuple(t.ce_locations),
+                ce_keep_ratio=t.ce_keep_ratio, head_channels=t.head_channels, drop_path_rate=t.drop_path_rate)
+
+
+def build_tracker_model(config: Config, pretrained: str | Path | None) -> tuple[DropTrack, LoadReport | None]:
+    """A tracker initialised from a pretraining checkpoint (its own encoder size), or from scratch
+    with params.yaml's model.encoder when ``pretrained`` is None."""
+    if pretrained is not None:
+        return droptrack_from_checkpoint(pretrained, **tracker_model_arguments(config))
+    model = DropTrack(encoder=config.model.encoder, patch_size=config.model.patch_size, **tracker_model_arguments(config))
+    return model, None
+
+
+def training_sequences(config: Config) -> list[tuple[str, list[TrackingSequence], float]]:
+    """(name, sequences, weight) of every tracking.train set, read and checked before training starts."""
+    t = config.tracking
+    if not t.train:
+        raise ValueError("tracking.train names no training set")
+    sets = []
+    for name, train_set in t.train.items():
+        bench = t.benchmarks[name]
+        sequences = read_benchmark(bench.format, bench.root, train_set.split)
+        if train_set.sequence_list:
+            wanted = [line.strip() for line in Path(train_set.sequence_list).read_text().splitlines() if line.strip()]
+            by_name = {s.name: s for s in sequences}
+            unknown = [n for n in wanted if n not in by_name]
+            if unknown:
+                raise ValueError(f"tracking.train.{name}.sequence_list {train_set.sequence_list}: "
+                                 f"{len(unknown)} names not in {bench.root} ({train_set.split}), e.g. {unknown[0]!r}")
+            sequences = [by_name[n] for n in wanted]
+        # Test splits (first box only) cannot give training pairs.
+        usable = [s for s in sequences if len(s.boxes) == len(s.frames)]
+        if not usable:
+            raise ValueError(f"tracking.train.{name}: {bench.root} ({train_set.split}) has no fully annotated sequences")
+        sets.append((name, usable, train_set.weight))
+    return sets
+
+
+class TrackerTask(TrainingTask):
+    config_section = "tracking"
+
+    def __init__(self, config: Config, model: DropTrack, dataset: TrackingPairDataset, name: str,
+                 pretrained: str | None) -> None:
+        self.config, self.model, self.dataset, self.name = config, model, dataset, name
+        self.pretrained = pretrained
+        self.keep_ratio = 1.0
+
+    def build_optimizer(self, fused: bool) -> torch.optim.Optimizer:
+        t = self.config.tracking
+        head = [p for n, p in self.model.named_parameters() if n.startswith(HEAD_PREFIX) and p.requires_grad]
+        backbone = [p for n, p in self.model.named_parameters() if not n.startswith(HEAD_PREFIX) and p.requires_grad]
+        groups = [{"params": head, "lr_scale": 1.0}, {"params": backbone, "lr_scale": t.backbone_lr_scale}]
+        return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay, fused=fused)
+
+    def learning_rate(self, epoch_progress: float) -> float:
+        t = self.config.tracking
+        # StepLR stepped once per epoch: the drop applies from the first step of lr_drop_epoch.
+        return t.lr * (t.lr_drop_factor if math.floor(epoch_progress) >= t.lr_drop_epoch else 1.0)
+
+    def begin_epoch(self, epoch: int) -> None:
+        t = self.config.tracking
+        self.keep_ratio = keep_ratio_at(epoch, t.ce_keep_ratio, t.ce_start_epoch, t.ce_warm_epochs)
+
+    def compute_loss(self, model, batch):
+        t = self.config.tracking
+        outputs = model(batch["template"], batch["search"], ce_keep_ratio=self.keep_ratio)
+        loss, stats = tracking_loss(outputs, batch["search_box"], (t.focal_weight, t.giou_weight, t.l1_weight))
+        stats = {key: value for key, value in stats.items() if key != "loss"}
+        stats["keep_ratio"] = self.keep_ratio
+        return loss, stats
+
+    def describe_data(self) -> str:
+        return self.dataset.describe()
+
+    def start_record(self) -> dict:
+        return {"tracker": self.name, "pretrained": self.pretrained, "samples_per_epoch": len(self.dataset)}
+
+    def checkpoint_fields(self) -> dict:
+        return {"config": config_to_dict(self.config), "pretrained": self.pretrained,
+                "architecture": {"encoder": self.model.encoder, "patch_size": self.model.patch_size}}
+
+
+def tracking_loop_settings(config: Config) -> LoopSettings:
+    t = config.tracking
+    return LoopSettings(epochs=t.epochs, batch_size=t.batch_size, num_workers=t.num_workers, seed=t.seed,
+                        precision=t.precision, checkpoint_every_steps=t.checkpoint_every_steps,
+                        log_every_steps=t.log_every_steps, grad_clip_norm=t.grad_clip_norm or None)
+
+
+def finetune_tracker(
+    config: Config,
+    pretrained: str | Path | None,
+    output_dir: str | Path,
+    *,
+    name: str = "droptrack",
+    device: str | torch.device | None = None,
+    stop_after_steps: int | None = None,
+    progress: bool = True,
+) -> TrainingOutcome:
+    """Fine-tune (or resume) a tracker from ``pretrained`` (None: no pretraining) into ``output_dir``."""
+    context = init_distributed()
+    device = resolve_device(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", context.local_rank)
+    # Data first: a missing or malformed benchmark stops the run before the model is built.
+    sets = training_sequences(config)
+    torch.manual_seed(derive_seed(config.tracking.seed, context.rank))
+    model, report = build_tracker_model(config, pretrained)
+    if report is not None and context.is_main:
+        print(f"{name}: {report.summary()}")
+    model = model.to(device)
+    dataset = TrackingPairDataset(sets, config.tracking.samples_per_epoch, CropSettings.from_config(config.tracking),
+                                  seed=config.tracking.seed)
+    task = TrackerTask(config, model, dataset, name, None if pretrained is None else str(pretrained))
+    return run_training(task, tracking_loop_settings(config), output_dir, context, device,
+                        stop_after_steps=stop_after_steps, progress=progress)
+
+
+def load_finetuned_tracker(path: str | Path, device: str | torch.device = "cpu") -> tuple[DropTrack, Config]:
+    """A fine-tuned tracker in eval mode, and the config it was trained with, from its checkpoint
+    (checkpoint-last.pth or the stage's model.pth)."""
+    from dropmae.config import config_from_dict
+
+    state = load_checkpoint(path)
+    config = config_from_dict(state["config"])
+    architecture = state["architecture"]  # the encoder may come from the pretraining checkpoint, not model.*
+    model = DropTrack(encoder=architecture["encoder"], patch_size=architecture["patch_size"],
+                      **tracker_model_arguments(config))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), config

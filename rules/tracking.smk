@@ -1,0 +1,65 @@
+# DropTrack: one tracker fine-tuned per pretraining cell (and one from no pretraining), each run
+# over every tracking.evaluate split, scored with the benchmark's official protocol. The
+# fine-tuning, like pretraining, is a submitit job (launcher.finetune); the rule waits for it.
+
+
+rule demo_benchmark:
+    input:
+        videos=layout.demo_videos(),
+    output:
+        # The summary, not the folder: the generator writes the benchmark whole and renames it in place.
+        summary=layout.DEMO_BENCHMARK_SUMMARY,
+    log:
+        layout.log_path("demo_benchmark", "demo"),
+    resources:
+        **job_resources("benchmark"),
+    conda:
+        "envs/dropmae.yaml"
+    script:
+        "../workflow_scripts/demo_benchmark.py"
+
+
+rule finetune_tracker:
+    input:
+        unpack(finetune_inputs),
+    output:
+        model=layout.TRACKER_MODEL,
+        summary=layout.TRACKER_SUMMARY,
+    log:
+        layout.log_path("finetune_tracker", "{tracker}"),
+    params:
+        signature=lambda wildcards: as_json(stages.tracker_signature(PARAMS, wildcards.tracker)),
+    wildcard_constraints:
+        tracker=TRAINED_TRACKER_PATTERN,
+    threads: PARAMS.launcher.finetune.cpus_per_task if PARAMS.launcher.executor == "local" else 1
+    localrule: True
+    conda:
+        "envs/dropmae.yaml"
+    script:
+        "../workflow_scripts/finetune_tracker.py"
+
+
+rule evaluate_tracker:
+    input:
+        unpack(evaluate_inputs),
+    output:
+        metrics=layout.TRACKING_METRICS,
+        plot=layout.TRACKING_PLOT,
+        raw=directory(layout.TRACKING_RAW),
+    log:
+        layout.log_path("evaluate_tracker", "{tracker}/{benchmark}"),
+    params:
+        evaluate=lambda wildcards: as_json(
+            {
+                "benchmark": PARAMS.tracking.benchmarks[wildcards.benchmark],
+                "split": PARAMS.tracking.evaluate[wildcards.benchmark],
+                "clip_margin": PARAMS.tracking.clip_margin,
+            }
+        ),
+    threads: PARAMS.launcher.evaluate.cpus
+    resources:
+        **job_resources("evaluate"),
+    conda:
+        "envs/dropmae.yaml"
+    script:
+        "../workflow_scripts/evaluate_tracker.py"
