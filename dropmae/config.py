@@ -423,7 +423,9 @@ def _validate_tracking(config: Config) -> None:
         _require(0 <= getattr(t, key) <= 1, f"tracking.{key}", "must be in [0, 1]", getattr(t, key))
     _require(0 < t.ce_keep_ratio <= 1, "tracking.ce_keep_ratio", "must be in (0, 1]", t.ce_keep_ratio)
     depth = ENCODER_SPECS[config.model.encoder].depth
-    _require(all(0 <= b < depth for b in t.ce_locations) and len(set(t.ce_locations)) == len(t.ce_locations),
+    # Checked against model.encoder only when trackers are built (both sets named): a config that
+    # only pretrains a small encoder need not also adjust the tracker's CE blocks.
+    _require(not (t.train and t.evaluate) or all(0 <= b < depth for b in t.ce_locations) and len(set(t.ce_locations)) == len(t.ce_locations),
              "tracking.ce_locations", f"must be distinct block indices in [0, {depth}) of the {config.model.encoder} encoder", t.ce_locations)
     _require(t.precision in PRECISIONS, "tracking.precision", f"must be one of {list(PRECISIONS)}", t.precision)
 
