@@ -78,9 +78,8 @@ def job_resources(name):
 
 def as_json(value):
     """A params value Snakemake can compare between runs (rerun when it changes)."""
-    if dataclasses.is_dataclass(value):
-        value = dataclasses.asdict(value)
-    return json.dumps(value, sort_keys=True)
+    # default=asdict: typed config sections, also inside mappings (tracking.benchmarks entries).
+    return json.dumps(value, sort_keys=True, default=dataclasses.asdict)
 
 
 def cell_of(wildcards):

@@ -96,7 +96,7 @@ def test_finetuning_resumes_bit_for_bit(benchmark, tmp_path):
 def test_backbone_learns_at_a_tenth_of_the_head_lr(benchmark, tmp_path):
     from dropmae.tracking.train import TrackerTask, build_tracker_model
 
-    config = tracking_config(benchmark)
+    config = tracking_config(benchmark, backbone_lr_scale=0.1, lr_drop_epoch=10)  # recipe scale (demo_micro: 1.0)
     model, _ = build_tracker_model(config, None)
     task = TrackerTask(config, model, None, "t", None)
     head, backbone = task.build_optimizer(fused=False).param_groups

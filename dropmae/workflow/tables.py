@@ -106,6 +106,9 @@ def _with_tracking(config: Config, frame: pd.DataFrame, cells: list[Cell], table
     baselines = [{"method": TRACKER_ROWS[t], **_tracking_scores(config, t)} for t in trackers if t in TRACKER_ROWS]
     if baselines:
         frame = pd.concat([pd.DataFrame(baselines), frame], ignore_index=True)
+        # Baseline rows have no epochs or steps: keep these columns integer (nullable), not float.
+        for column in ("epochs", "global_step", "heldout_pairs"):
+            frame[column] = frame[column].astype("Int64")
     return frame
 
 
