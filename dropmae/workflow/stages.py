@@ -212,8 +212,7 @@ def tracker_signature(config: Config, tracker: str) -> dict:
     signature = {k: v for k, v in values.items() if k not in TRACKING_OPERATIONAL_KEYS}
     signature["train_data"] = {name: values["benchmarks"][name] for name in values["train"]}
     if tracker == layout.SCRATCH:  # the encoder's size then comes from model.*
-        signature["model"] = {k: values_model for k, values_model in config_to_dict(config)["model"].items()
-                              if k in ("encoder", "patch_size")}
+        signature["model"] = {"encoder": config.model.encoder, "patch_size": config.model.patch_size}
     return signature
 
 
