@@ -84,15 +84,18 @@ COVER_BIN = (3, 20)
 
 @dataclass(frozen=True)
 class DemoBenchmarkSettings:
-    """What the demo benchmark looks like; defaults build 24 + 8 sequences in seconds on one core.
+    """What the demo benchmark looks like; defaults build 96 + 16 sequences in about 5 s on one core.
+
+    96 train sequences rather than a handful: with 24 the demo tracker fits its training
+    sequences (AO 0.46) yet stays below the repeat-first-box tracker on val (0.21 vs 0.23).
 
     Sizes are relative to the frame scale ``sqrt(width * height)`` so they keep their
     meaning at any ``frame_size``.
     """
 
     seed: int = 0  # every sequence draws from numpy's default_rng(SeedSequence([seed, split, index]))
-    train_sequences: int = 24  # sequences in got10k/train (and DAVIS train)
-    val_sequences: int = 8  # sequences in got10k/val (and DAVIS val)
+    train_sequences: int = 96  # sequences in got10k/train (and DAVIS train)
+    val_sequences: int = 16  # sequences in got10k/val (and DAVIS val)
     frames_per_sequence: int = 40  # frames of every sequence; longer than a clip: the clip plays back and forth
     frame_size: tuple[int, int] = (128, 96)  # (width, height) of every frame
     objects_per_sequence: int = 1  # annotated objects; object 1 is the tracking target, later ones are drawn on top

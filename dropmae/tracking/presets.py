@@ -31,8 +31,8 @@ TRACKING_PRESETS: dict[str, dict] = {
     # minutes on 24 clips needs it (at x0.1 the demo trackers fell below the first-frame box).
     "demo_micro": {
         "template_size": 32, "search_size": 64, "search_factor": 4.0, "center_jitter": 3.0, "scale_jitter": 0.25,
-        "max_frame_gap": 30, "epochs": 40, "samples_per_epoch": 512, "batch_size": 16, "lr": 1e-3,
-        "backbone_lr_scale": 1.0, "lr_drop_epoch": 32, "ce_locations": [2], "ce_start_epoch": 10, "ce_warm_epochs": 10,
+        "max_frame_gap": 30, "epochs": 80, "samples_per_epoch": 512, "batch_size": 16, "lr": 1e-3,
+        "backbone_lr_scale": 1.0, "lr_drop_epoch": 64, "ce_locations": [2], "ce_start_epoch": 20, "ce_warm_epochs": 20,
         "head_channels": 64, "drop_path_rate": 0.0, "num_workers": 0, "log_every_steps": 8, "clip_margin": 2.0,
     },
 }

@@ -125,7 +125,9 @@ def _markdown(frame: pd.DataFrame, title: str, notes: list[str], config: Config 
     if "checkpoint_sha256" in shown:
         shown["checkpoint_sha256"] = shown["checkpoint_sha256"].str[:12]
     shown = shown.rename(columns=MARKDOWN_COLUMNS)
-    body = shown.to_markdown(index=False, floatfmt=".4f")
+    # Baseline rows have no pretraining values: tabulate prints None as missingval, NaN / <NA> verbatim.
+    shown = shown.astype(object).where(shown.notna(), None)
+    body = shown.to_markdown(index=False, floatfmt=".4f", missingval="")
     return f"# {title}\n\n" + "".join(f"{note}\n" for note in notes) + "\n" + body + "\n"
 
 
