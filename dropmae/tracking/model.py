@@ -361,9 +361,18 @@ class DropTrack(nn.Module):
         if template.shape[0] != search.shape[0]:
             raise ValueError(f"template batch {template.shape[0]} != search batch {search.shape[0]}")
 
+    # What load_pretrained_encoder needs to know about a downstream model.
     def encoder_keys(self) -> list[str]:
         """State-dict keys that come from the pretraining encoder (everything but the head)."""
         return [key for key in self.state_dict() if not key.startswith(HEAD_PREFIX)]
+
+    def fresh_keys(self) -> list[str]:
+        """State-dict keys that are new in the tracker (the head), never in a pretraining checkpoint."""
+        return [key for key in self.state_dict() if key.startswith(HEAD_PREFIX)]
+
+    def position_grids(self) -> dict[str, int]:
+        """Position tables filled from the pretraining ``pos_embed`` -> their square grid side."""
+        return {"pos_embed_template": self.template_grid, "pos_embed_search": self.search_grid}
 
 
 def _check_keep_ratio(ratio: float) -> None:
@@ -385,25 +394,25 @@ def _template_probe_index(grid: int, template_range: str) -> torch.Tensor:
 
 # ----------------------------------------------------------------- loading a checkpoint
 class CheckpointMismatchError(ValueError):
-    """A pretraining checkpoint lacks encoder weights the tracker needs or has other shapes."""
+    """A pretraining checkpoint lacks encoder weights a downstream model needs or has other shapes."""
 
 
 @dataclass
 class LoadReport:
     """What :func:`load_pretrained_encoder` did with each key."""
 
-    loaded: list[str] = field(default_factory=list)  # tracker keys set from the checkpoint
+    loaded: list[str] = field(default_factory=list)  # model keys set from the checkpoint
     dropped: list[str] = field(default_factory=list)  # checkpoint decoder keys, ignored on purpose
-    missing: list[str] = field(default_factory=list)  # tracker encoder keys the checkpoint lacked (non-strict only)
+    missing: list[str] = field(default_factory=list)  # model encoder keys the checkpoint lacked (non-strict only)
     unexpected: list[str] = field(default_factory=list)  # checkpoint keys neither used nor dropped
-    fresh: list[str] = field(default_factory=list)  # the head: new, so never in a pretraining checkpoint
+    fresh: list[str] = field(default_factory=list)  # new parts (a head): never in a pretraining checkpoint
     pretrain_grid: int = 0  # side of the pretraining position grid
     interpolated_to: dict[str, int] = field(default_factory=dict)  # position table -> its grid side
 
     def summary(self) -> str:
         return (
             f"loaded {len(self.loaded)} tensors, dropped {len(self.dropped)} decoder tensors, "
-            f"{len(self.fresh)} fresh head tensors, missing {self.missing or 'none'}, "
+            f"{len(self.fresh)} fresh tensors, missing {self.missing or 'none'}, "
             f"unexpected {self.unexpected or 'none'}; position grid {self.pretrain_grid} -> {self.interpolated_to}"
         )
 
@@ -440,20 +449,24 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
 
 
 def load_pretrained_encoder(
-    model: DropTrack, checkpoint: str | Path | Mapping[str, Any], *, strict_encoder: bool = True
+    model: nn.Module, checkpoint: str | Path | Mapping[str, Any], *, strict_encoder: bool = True
 ) -> LoadReport:
     """Initialise ``model``'s encoder from a DropMAE / TwinMAE pretraining checkpoint.
 
+    ``model``: a downstream model (DropTrack, DropSeg) with ``encoder``, ``patch_size``,
+    ``embed_dim`` and the methods ``encoder_keys()`` (keys that must come from the checkpoint),
+    ``fresh_keys()`` (new keys, never loaded) and ``position_grids()`` ({table name: grid side}).
     ``checkpoint``: a model.pth / checkpoint-last.pth path, such a loaded dict (weights under
     "model") or a bare state dict. Decoder keys are dropped; patch_embed / blocks / norm /
-    frame_embed are copied; the pretraining ``pos_embed`` is interpolated to the template and
-    search grids. Raises CheckpointMismatchError when shapes differ, and (strict_encoder) when
-    an encoder weight is missing; otherwise missing keys keep their initial values and are
-    listed in ``report.missing``.
+    frame_embed are copied; the pretraining ``pos_embed`` is interpolated to every table of
+    ``position_grids()`` (DropTrack: the template and search grids). Raises
+    CheckpointMismatchError when shapes differ, and (strict_encoder) when an encoder weight is
+    missing; otherwise missing keys keep their initial values and are listed in ``report.missing``.
     """
     state, source = _resolve_state_dict(checkpoint)
     model_state = model.state_dict()
-    report = LoadReport(fresh=[key for key in model_state if key.startswith(HEAD_PREFIX)])
+    fresh = set(model.fresh_keys())
+    report = LoadReport(fresh=[key for key in model_state if key in fresh])
     new_values: dict[str, torch.Tensor] = {}
     mismatched: list[str] = []
 
@@ -465,10 +478,10 @@ def load_pretrained_encoder(
             if value.shape[-1] != model.embed_dim:
                 mismatched.append(f"pos_embed: checkpoint {list(value.shape)} vs model width {model.embed_dim}")
                 continue
-            for name, grid in (("pos_embed_template", model.template_grid), ("pos_embed_search", model.search_grid)):
+            for name, grid in model.position_grids().items():
                 new_values[name] = interpolate_pos_embed(value, grid)
                 report.interpolated_to[name] = grid
-        elif key in model_state and not key.startswith(HEAD_PREFIX):
+        elif key in model_state and key not in fresh:
             if value.shape != model_state[key].shape:
                 mismatched.append(f"{key}: checkpoint {list(value.shape)} vs model {list(model_state[key].shape)}")
             else:
@@ -478,11 +491,12 @@ def load_pretrained_encoder(
 
     if mismatched:
         raise CheckpointMismatchError(
-            f"{source} does not fit this {model.encoder} / patch {model.patch_size} tracker: " + "; ".join(mismatched)
+            f"{source} does not fit this {model.encoder} / patch {model.patch_size} {type(model).__name__}: "
+            + "; ".join(mismatched)
         )
     missing = [key for key in model.encoder_keys() if key not in new_values]
     if missing and strict_encoder:
-        raise CheckpointMismatchError(f"{source} lacks encoder weights the tracker needs: {missing}")
+        raise CheckpointMismatchError(f"{source} lacks encoder weights the {type(model).__name__} needs: {missing}")
     report.missing = missing
     result = model.load_state_dict(new_values, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys  # every key was checked against model_state
@@ -502,7 +516,7 @@ def _model_section(cfg_dict_or_state: str | Path | Mapping[str, Any]) -> Mapping
     if not isinstance(section, Mapping) or "encoder" not in section:
         raise ValueError(
             f"{source}: no config['model'] with an 'encoder' (a checkpoint without a config cannot say its encoder; "
-            "build DropTrack(encoder=..., patch_size=...) directly)"
+            "build the model with encoder=... and patch_size=... directly)"
         )
     if "patch_size" not in section:
         raise ValueError(f"{source}: config['model'] has no 'patch_size'")

@@ -1,0 +1,1 @@
+"""DropSeg: semi-supervised video object segmentation fine-tuned from a DropMAE checkpoint."""
