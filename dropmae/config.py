@@ -230,9 +230,92 @@ class TrackingConfig:
     clip_margin: float = 10.0  # pixels a predicted box keeps inside the image (OSTrack's clip_box)
 
 
+SEGMENTATION_FORMATS = ("davis2017", "davis2016", "youtube_vos")
+# The demo benchmark's DAVIS-layout copy (same pseudo-sequences as the tracking demo).
+DEMO_SEGMENTATION_BENCHMARK = DEMO_TRACKING_BENCHMARK + "/davis"
+
+
+@dataclass(frozen=True)
+class SegmentationBenchmark:
+    """Where one video object segmentation benchmark lives and in which layout."""
+
+    format: str  # davis2017 | davis2016 | youtube_vos
+    root: str
+
+
+@dataclass(frozen=True)
+class SegmentationTrainSet:
+    split: str = "train"  # DAVIS: ImageSets/<year>/<split>.txt; YouTube-VOS: the <split>/ folder
+    weight: float = 1.0  # sampling weight of this set in the mixture
+
+
+@dataclass(frozen=True)
+class SegmentationEvalSet:
+    split: str = "val"
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Label propagation with frozen pretraining features (DINO's eval_video_segmentation defaults)."""
+
+    enabled: bool = True
+    topk: int = 5
+    n_context: int = 7  # memory: the first frame and this many previous frames
+    neighbourhood: int = 12  # feature cells around a query a match may come from (0 = anywhere)
+    temperature: float = 0.1
+    frame_short_side: int | None = 480  # frames resized to this short side before encoding (null = as stored)
+
+
 @dataclass(frozen=True)
 class SegmentationConfig:
-    """DropSeg fine-tuning and evaluation; its keys arrive with the segmentation stage."""
+    """DropSeg (a ViT VOS model on a DropMAE encoder, STCN's training recipe) and the probe.
+
+    ``preset`` names a bundle of these keys (see dropmae.segmentation.presets); keys written
+    here override the preset, which overrides these defaults (STCN's main training: DAVIS +
+    YouTube-VOS, 384 px crops, 150k iterations of 8 pairs).
+    """
+
+    preset: str | None = None
+    baseline: bool = True  # also fine-tune a segmenter from no pretraining (the tables' first row)
+    benchmarks: dict[str, SegmentationBenchmark] = field(default_factory=dict)
+    train: dict[str, SegmentationTrainSet] = field(default_factory=dict)
+    evaluate: dict[str, SegmentationEvalSet] = field(default_factory=dict)
+    # training pairs (STCN's VOSDataset, with pairs instead of triplets)
+    image_size: int = 384
+    max_frame_skip: int = 25
+    reverse_probability: float = 0.5
+    crop_scale: list[float] = field(default_factory=lambda: [0.36, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.333])
+    flip_probability: float = 0.5
+    brightness_jitter: float = 0.1
+    contrast_jitter: float = 0.03
+    saturation_jitter: float = 0.03
+    min_object_pixels: int = 100
+    # model
+    decoder_channels: int = 256
+    drop_path_rate: float = 0.1
+    # optimisation: epochs of samples_per_epoch pairs; 150 x 8000 / 8 = STCN's 150k iterations
+    epochs: int = 150
+    samples_per_epoch: int = 8000
+    batch_size: int = 8
+    lr: float = 2e-5
+    backbone_lr_scale: float = 1.0
+    weight_decay: float = 1e-7
+    lr_drop_epoch: int = 125
+    lr_drop_factor: float = 0.1
+    grad_clip_norm: float = 0.0  # 0 = no clipping (STCN clips nothing)
+    bootstrap_start_epoch: int = 20  # bootstrapped CE: every pixel before, top bootstrap_fraction after bootstrap_end_epoch
+    bootstrap_end_epoch: int = 70
+    bootstrap_fraction: float = 0.15
+    precision: str = "auto"
+    num_workers: int = 8
+    seed: int = 0
+    checkpoint_every_steps: int = 0
+    log_every_steps: int = 50
+    # inference: every frame from the first frame and its mask (the paper's protocol)
+    frame_short_side: int | None = 480  # frames resized to this short side (rounded to the patch) before the model
+    use_previous_frame: bool = False  # also use the previous prediction as a reference (ours, not the paper's)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
 
 @dataclass(frozen=True)
@@ -392,6 +475,7 @@ def validate(config: Config) -> Config:
             _require(getattr(resources, key) > 0, f"launcher.{name}.{key}", "must be positive", getattr(resources, key))
         _require(resources.gpus >= 0, f"launcher.{name}.gpus", "must be >= 0", resources.gpus)
     _validate_tracking(config)
+    _validate_segmentation(config)
     return config
 
 
@@ -430,19 +514,61 @@ def _validate_tracking(config: Config) -> None:
     _require(t.precision in PRECISIONS, "tracking.precision", f"must be one of {list(PRECISIONS)}", t.precision)
 
 
-def apply_tracking_preset(values: dict) -> dict:
-    """tracking.preset's keys under the keys written beside it (written keys win)."""
+def _validate_segmentation(config: Config) -> None:
+    s = config.segmentation
+    from dropmae.segmentation.presets import SEGMENTATION_PRESETS
+
+    _require(s.preset is None or s.preset in SEGMENTATION_PRESETS, "segmentation.preset", f"must be one of {sorted(SEGMENTATION_PRESETS)} or null", s.preset)
+    for name, bench in s.benchmarks.items():
+        _require(bench.format in SEGMENTATION_FORMATS, f"segmentation.benchmarks.{name}.format", f"must be one of {list(SEGMENTATION_FORMATS)}", bench.format)
+        _require(name.replace("_", "").replace("-", "").isalnum(), f"segmentation.benchmarks.{name}", "benchmark names are letters, digits, - and _", name)
+    for section in ("train", "evaluate"):
+        for name in getattr(s, section):
+            _require(name in s.benchmarks, f"segmentation.{section}.{name}", f"must name one of segmentation.benchmarks {sorted(s.benchmarks)}", name)
+    for name, train_set in s.train.items():
+        _require(train_set.weight > 0, f"segmentation.train.{name}.weight", "must be positive", train_set.weight)
+    _require(s.image_size > 0 and s.image_size % config.model.patch_size == 0, "segmentation.image_size",
+             f"must be a positive multiple of model.patch_size ({config.model.patch_size})", s.image_size)
+    for key in ("max_frame_skip", "epochs", "samples_per_epoch", "batch_size", "lr", "decoder_channels", "log_every_steps"):
+        _require(getattr(s, key) > 0, f"segmentation.{key}", "must be positive", getattr(s, key))
+    for key in ("min_object_pixels", "weight_decay", "grad_clip_norm", "num_workers", "checkpoint_every_steps",
+                "bootstrap_start_epoch", "drop_path_rate", "brightness_jitter", "contrast_jitter", "saturation_jitter"):
+        _require(getattr(s, key) >= 0, f"segmentation.{key}", "must be >= 0", getattr(s, key))
+    for key in ("reverse_probability", "flip_probability", "backbone_lr_scale", "lr_drop_factor"):
+        _require(0 <= getattr(s, key) <= 1, f"segmentation.{key}", "must be in [0, 1]", getattr(s, key))
+    _require(0 < s.bootstrap_fraction <= 1, "segmentation.bootstrap_fraction", "must be in (0, 1]", s.bootstrap_fraction)
+    _require(s.bootstrap_end_epoch >= s.bootstrap_start_epoch, "segmentation.bootstrap_end_epoch",
+             f"must be >= segmentation.bootstrap_start_epoch ({s.bootstrap_start_epoch})", s.bootstrap_end_epoch)
+    for key in ("crop_scale", "crop_ratio"):
+        low_high = getattr(s, key)
+        _require(len(low_high) == 2 and 0 < low_high[0] <= low_high[1], f"segmentation.{key}", "must be [low, high] with 0 < low <= high", low_high)
+    _require(s.crop_scale[1] <= 1, "segmentation.crop_scale", "the area fraction cannot exceed 1", s.crop_scale)
+    for key, side in (("frame_short_side", s.frame_short_side), ("probe.frame_short_side", s.probe.frame_short_side)):
+        _require(side is None or side >= config.model.patch_size, f"segmentation.{key}", f"must be null or >= model.patch_size ({config.model.patch_size})", side)
+    for key in ("topk", "n_context", "temperature"):
+        _require(getattr(s.probe, key) > 0, f"segmentation.probe.{key}", "must be positive", getattr(s.probe, key))
+    _require(s.probe.neighbourhood >= 0, "segmentation.probe.neighbourhood", "must be >= 0", s.probe.neighbourhood)
+    _require(s.precision in PRECISIONS, "segmentation.precision", f"must be one of {list(PRECISIONS)}", s.precision)
+
+
+def apply_presets(values: dict) -> dict:
+    """tracking.preset's and segmentation.preset's keys under the keys written beside them (written keys win)."""
+    from dropmae.segmentation.presets import SEGMENTATION_PRESETS
     from dropmae.tracking.presets import TRACKING_PRESETS
 
-    tracking = values.get("tracking")
-    if not isinstance(tracking, dict) or tracking.get("preset") is None:
-        return values
-    preset = tracking["preset"]
-    if preset not in TRACKING_PRESETS:
-        raise ConfigError(f"tracking.preset: must be one of {sorted(TRACKING_PRESETS)} or null, got {preset!r}")
-    merged = dict(TRACKING_PRESETS[preset])
-    merged.update(tracking)  # a mapping written here (train, evaluate) replaces the preset's whole
-    return {**values, "tracking": merged}
+    for section, presets in (("tracking", TRACKING_PRESETS), ("segmentation", SEGMENTATION_PRESETS)):
+        written = values.get(section)
+        if not isinstance(written, dict) or written.get("preset") is None:
+            continue
+        preset = written["preset"]
+        if preset not in presets:
+            raise ConfigError(f"{section}.preset: must be one of {sorted(presets)} or null, got {preset!r}")
+        # key by key below the top (a written probe.topk keeps the preset's other probe keys);
+        # a mapping written here (train, evaluate) replaces the preset's whole
+        merged = {key: ({**value, **written[key]} if key == "probe" and isinstance(written.get(key), dict) else written.get(key, value))
+                  for key, value in presets[preset].items()}
+        values = {**values, section: {**written, **merged}}
+    return values
 
 
 def check_data_paths(config: Config, root: str | Path = ".") -> None:
@@ -461,12 +587,19 @@ def check_data_paths(config: Config, root: str | Path = ".") -> None:
             continue
         if not (Path(root) / bench.root).exists():
             raise ConfigError(f"tracking.benchmarks.{name}.root: {bench.root} does not exist (a {bench.format} benchmark folder)")
+    s = config.segmentation
+    for name in {*s.train, *s.evaluate}:
+        bench = s.benchmarks[name]
+        if bench.root == DEMO_SEGMENTATION_BENCHMARK or bench.root.startswith(DEMO_TRACKING_BENCHMARK + "/"):
+            continue
+        if not (Path(root) / bench.root).exists():
+            raise ConfigError(f"segmentation.benchmarks.{name}.root: {bench.root} does not exist (a {bench.format} benchmark folder)")
 
 
 def config_from_dict(values: dict) -> Config:
     if not isinstance(values, dict):
         raise ConfigError(f"the configuration must be a mapping of sections, got {type(values).__name__}")
-    return validate(_build(Config, apply_tracking_preset(values)))
+    return validate(_build(Config, apply_presets(values)))
 
 
 def json_schema(cls: type = Config) -> dict:
@@ -513,7 +646,8 @@ def config_to_dict(config: Config) -> dict:
 
 # Mappings an overlay replaces whole instead of key by key: the demo's sources must not keep
 # the paper's K400 source of params.yaml.
-REPLACED_WHOLE = (("data", "sources"), ("tracking", "benchmarks"), ("tracking", "train"), ("tracking", "evaluate"))
+REPLACED_WHOLE = (("data", "sources"), ("tracking", "benchmarks"), ("tracking", "train"), ("tracking", "evaluate"),
+                  ("segmentation", "benchmarks"), ("segmentation", "train"), ("segmentation", "evaluate"))
 
 
 def deep_merge(base: dict, overlay: dict, _path: tuple[str, ...] = ()) -> dict:

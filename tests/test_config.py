@@ -113,3 +113,33 @@ def test_extraction_section_matches_the_extractor_settings():
     from dropmae.data.extract import ExtractionSettings
 
     assert {f.name for f in dataclasses.fields(ExtractionConfig)} == {f.name for f in dataclasses.fields(ExtractionSettings)}
+
+
+def test_segmentation_presets_merge_under_written_keys():
+    paper = load_config(REPO / "params.yaml").segmentation
+    assert paper.preset == "davis_youtube" and paper.train["davis17"].weight == 5.0 and paper.image_size == 384
+    assert paper.probe.topk == 5 and paper.probe.frame_short_side == 480
+    demo = load_config([REPO / "params.yaml", REPO / "config" / "demo.yaml"],
+                       ["segmentation.probe.topk=3", "segmentation.epochs=7"]).segmentation
+    assert list(demo.benchmarks) == ["demo"]  # the overlay replaced the paper's benchmarks whole
+    assert demo.image_size == 64 and demo.epochs == 7  # preset value, then a written key over it
+    # a written probe key keeps the preset's other probe keys
+    assert demo.probe.topk == 3 and demo.probe.neighbourhood == 4 and demo.probe.frame_short_side is None
+
+
+@pytest.mark.parametrize(
+    "segmentation, key",
+    [
+        ({"preset": "stcn"}, "segmentation.preset"),
+        ({"benchmarks": {"d": {"format": "davis2018", "root": "x"}}}, "segmentation.benchmarks.d.format"),
+        ({"evaluate": {"nowhere": {"split": "val"}}}, "segmentation.evaluate.nowhere"),
+        ({"image_size": 100}, "segmentation.image_size"),
+        ({"bootstrap_start_epoch": 10, "bootstrap_end_epoch": 5}, "segmentation.bootstrap_end_epoch"),
+        ({"crop_scale": [0.5, 1.5]}, "segmentation.crop_scale"),
+        ({"probe": {"topk": 0}}, "segmentation.probe.topk"),
+        ({"probe": {"radius": 3}}, "segmentation.probe.radius"),
+    ],
+)
+def test_bad_segmentation_values_are_named(segmentation, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        config_from_dict({"segmentation": segmentation})

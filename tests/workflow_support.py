@@ -40,6 +40,7 @@ TINY_OVERLAY = {
     "analysis": {"heldout_pairs": 2, "batch_size": 2, "figure_pairs": 1},
     # No trackers here (TINY_TRACKING turns them on): empty training and evaluation sets.
     "tracking": {"preset": "demo_micro", "benchmarks": {}, "train": {}, "evaluate": {}},
+    "segmentation": {"preset": "demo_micro", "benchmarks": {}, "train": {}, "evaluate": {}},
     "launcher": {
         "executor": "local",
         "pretrain": {"partition": None, "nodes": 1, "gpus_per_node": 0, "cpus_per_task": 1,
