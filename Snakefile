@@ -1,5 +1,5 @@
-# The DropMAE experiment DAG: videos -> frames -> pretraining cells -> analysis and tracker
-# fine-tuning / evaluation -> tables.
+# The DropMAE experiment DAG: videos -> frames -> pretraining cells -> analysis, tracker and
+# segmenter fine-tuning / evaluation, label-propagation probe -> tables.
 # params.yaml is the configuration; overlay files come with --configfile (the demo:
 # config/demo.yaml). Paths come from dropmae.workflow.layout, shared with dvc.yaml.
 from snakemake.utils import min_version
@@ -15,6 +15,7 @@ include: "rules/data.smk"
 include: "rules/pretrain.smk"
 include: "rules/analysis.smk"
 include: "rules/tracking.smk"
+include: "rules/segmentation.smk"
 include: "rules/tables.smk"
 
 

@@ -82,9 +82,12 @@ def cmd_stage(args) -> int:
     if args.stage == "demo-benchmark":
         stages.build_demo_benchmark_stage(layout.demo_videos(), layout.DEMO_BENCHMARK_SUMMARY)
         return 0
-    if args.stage in ("finetune-tracker", "evaluate-tracker"):
+    if args.stage in DOWNSTREAM_STAGES:
         check_data_paths(config)
-        return _tracking_stage(config, args)
+        return _downstream_stage(config, args)
+    if args.stage == "probe":
+        check_data_paths(config)
+        return _probe_stage(config, args)
     if args.stage == "table":
         outputs = {"csv": layout.table_csv(args.table), "markdown": layout.table_markdown(args.table),
                    "layers": layout.ATTENTION_LAYERS, "plot": layout.ATTENTION_PLOT}
@@ -108,27 +111,69 @@ def cmd_stage(args) -> int:
     return 0
 
 
-def _tracking_stage(config, args) -> int:
+# The fine-tune / evaluate stages of the downstream tasks: stage name -> (task, step).
+DOWNSTREAM_STAGES = {"finetune-tracker": ("tracking", "finetune"), "evaluate-tracker": ("tracking", "evaluate"),
+                     "finetune-segmenter": ("segmentation", "finetune"),
+                     "evaluate-segmenter": ("segmentation", "evaluate")}
+
+
+def _configured_cell(config: Config, name: str, what: str):
+    """The pretraining cell ``name`` names (None for scratch and the trivial baselines); it must be
+    one of data.sources x pretrain.methods x pretrain.epochs."""
+    from dropmae.workflow import layout
+
+    try:
+        cell = layout.cell_of_model(name)
+    except ValueError as error:
+        raise ConfigError(f"{what}: {error}") from None
+    if cell is not None and cell not in layout.all_cells(config):
+        raise ConfigError(f"{what} {name!r} names no pretraining cell of "
+                          "data.sources x pretrain.methods x pretrain.epochs")
+    return cell
+
+
+def _require_benchmark(config: Config, section: str, benchmark: str) -> None:
+    evaluate = getattr(config, section).evaluate
+    if benchmark not in evaluate:
+        raise ConfigError(f"{section}.evaluate has no benchmark {benchmark!r}; configured: {sorted(evaluate)}")
+
+
+def _downstream_stage(config, args) -> int:
+    """finetune-tracker / evaluate-tracker / finetune-segmenter / evaluate-segmenter."""
     from dropmae.workflow import layout, stages
 
-    tracker = args.tracker
-    cell = layout.cell_of_tracker(tracker)
-    if cell is not None and cell not in layout.all_cells(config):
-        raise ConfigError(f"tracker {tracker!r} names no pretraining cell of data.sources x pretrain.methods x pretrain.epochs")
-    if args.stage == "finetune-tracker":
-        if tracker == layout.FIRST_BOX:
-            raise ConfigError(f"{layout.FIRST_BOX} is not trained: it repeats the first-frame box")
-        stages.finetune_tracker_stage(config, tracker, None if cell is None else cell.paths(layout.MODEL),
-                                      layout.tracker_paths(layout.TRACKER_MODEL, tracker),
-                                      layout.tracker_paths(layout.TRACKER_SUMMARY, tracker))
+    section, step = DOWNSTREAM_STAGES[args.stage]
+    task = layout.TRACKING if section == "tracking" else layout.SEGMENTATION
+    name = getattr(args, task.wildcard)
+    cell = _configured_cell(config, name, task.wildcard)
+    if step == "finetune":
+        if name == task.trivial:
+            raise ConfigError(f"{task.trivial} is not trained: it repeats the first frame's annotation")
+        finetune = stages.finetune_tracker_stage if task is layout.TRACKING else stages.finetune_segmenter_stage
+        finetune(config, name, None if cell is None else cell.paths(layout.MODEL), task.paths(task.model, name),
+                 task.paths(task.summary, name))
         return 0
-    if args.benchmark not in config.tracking.evaluate:
-        raise ConfigError(f"tracking.evaluate has no benchmark {args.benchmark!r}; configured: {sorted(config.tracking.evaluate)}")
-    model = None if tracker == layout.FIRST_BOX else layout.tracker_paths(layout.TRACKER_MODEL, tracker)
-    paths = {name: layout.tracker_paths(template, tracker, args.benchmark)
-             for name, template in (("metrics", layout.TRACKING_METRICS), ("plot", layout.TRACKING_PLOT),
-                                    ("raw", layout.TRACKING_RAW))}
-    stages.evaluate_tracker_stage(config, tracker, args.benchmark, model, paths["metrics"], paths["plot"], paths["raw"])
+    _require_benchmark(config, section, args.benchmark)
+    model = None if name == task.trivial else task.paths(task.model, name)
+    if task is layout.TRACKING:
+        evaluate, outputs = stages.evaluate_tracker_stage, (layout.TRACKING_PLOT, layout.TRACKING_RAW)
+    else:
+        evaluate, outputs = stages.evaluate_segmenter_stage, (layout.SEGMENTATION_OVERLAY, layout.SEGMENTATION_RAW)
+    evaluate(config, name, args.benchmark, model, task.paths(task.metrics, name, args.benchmark),
+             *(task.paths(template, name, args.benchmark) for template in outputs))
+    return 0
+
+
+def _probe_stage(config, args) -> int:
+    from dropmae.workflow import layout, stages
+
+    cell = _configured_cell(config, args.cell, "--cell")
+    if cell is None:
+        raise ConfigError(f"--cell {args.cell!r}: the probe scores a pretraining cell, <source>/<method>_ep<epochs>")
+    _require_benchmark(config, "segmentation", args.benchmark)
+    paths = [cell.paths(template, benchmark=args.benchmark)
+             for template in (layout.PROBE_METRICS, layout.PROBE_OVERLAY, layout.PROBE_RAW)]
+    stages.probe_stage(config, cell, args.benchmark, cell.paths(layout.MODEL), *paths)
     return 0
 
 
@@ -186,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, needs in (("demo-videos", ()), ("extract-frames", ("source",)),
                         ("pretrain", ("source", "cell")), ("analyse", ("source", "cell")), ("table", ("table",)),
                         ("demo-benchmark", ()), ("finetune-tracker", ("tracker",)),
-                        ("evaluate-tracker", ("tracker", "benchmark"))):
+                        ("evaluate-tracker", ("tracker", "benchmark")), ("finetune-segmenter", ("segmenter",)),
+                        ("evaluate-segmenter", ("segmenter", "benchmark")), ("probe", ("probe_cell", "benchmark"))):
         sub = stage_kinds.add_parser(name)
         _add_config_arguments(sub)
         sub.set_defaults(handler=cmd_stage, config_default=True)
@@ -198,8 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
         if "tracker" in needs:
             sub.add_argument("--tracker", required=True,
                              help="<source>/<method>_ep<epochs> (a pretraining cell), scratch, or first_box")
+        if "segmenter" in needs:
+            sub.add_argument("--segmenter", required=True,
+                             help="<source>/<method>_ep<epochs> (a pretraining cell), scratch, or first_mask")
+        if "probe_cell" in needs:
+            sub.add_argument("--cell", required=True, help="<source>/<method>_ep<epochs>, a pretraining cell")
         if "benchmark" in needs:
-            sub.add_argument("--benchmark", required=True, help="a name from tracking.evaluate")
+            section = "segmentation" if name.endswith(("segmenter", "probe")) else "tracking"
+            sub.add_argument("--benchmark", required=True, help=f"a name from {section}.evaluate")
         if "table" in needs:
             sub.add_argument("table", choices=["pretraining", "datasources", "attention"])
 

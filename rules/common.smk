@@ -27,9 +27,12 @@ TABLE_OUTPUTS = [layout.table_csv(t) for t in layout.TABLES] + [
 ]
 
 
-# A tracker: a pretraining cell it starts from, or scratch / first_box (see layout).
+# A tracker or segmenter: a pretraining cell it starts from, scratch, or the trivial baseline
+# first_box / first_mask (see layout).
 CELL_PATTERN = "(" + "|".join(SOURCES) + r")/(twinmae|dropmae)_ep[1-9]\d*"
-TRAINED_TRACKER_PATTERN = f"{layout.SCRATCH}|{CELL_PATTERN}"
+TRAINED_PATTERN = f"{layout.SCRATCH}|{CELL_PATTERN}"
+TRACKING_BENCHMARKS = "|".join(PARAMS.tracking.evaluate) or "none"
+SEGMENTATION_BENCHMARKS = "|".join(PARAMS.segmentation.evaluate) or "none"
 
 
 wildcard_constraints:
@@ -37,8 +40,10 @@ wildcard_constraints:
     method="twinmae|dropmae",
     epochs=r"[1-9]\d*",
     table="|".join(layout.TABLES),
-    tracker=f"{layout.FIRST_BOX}|{TRAINED_TRACKER_PATTERN}",
-    benchmark="|".join(PARAMS.tracking.evaluate) or "none",
+    tracker=f"{layout.FIRST_BOX}|{TRAINED_PATTERN}",
+    segmenter=f"{layout.FIRST_MASK}|{TRAINED_PATTERN}",
+    # Each rule narrows this to its own task's evaluate benchmarks.
+    benchmark=f"{TRACKING_BENCHMARKS}|{SEGMENTATION_BENCHMARKS}",
 
 
 onstart:
@@ -91,33 +96,55 @@ def cell_results(table, template):
     return [cell.paths(template) for cell in layout.table_cells(PARAMS, table)]
 
 
-def tracking_benchmark_inputs(names):
-    """The demo benchmark's summary when one of these benchmarks is the one the DAG builds."""
-    roots = [PARAMS.tracking.benchmarks[name].root for name in names]
-    if any(root.startswith(layout.DEMO_TRACKING_BENCHMARK) for root in roots):
+def demo_benchmark_inputs(task, names):
+    """The demo benchmark's summary when one of these benchmarks of the task is the one the DAG builds."""
+    benchmarks = task.settings(PARAMS).benchmarks
+    if any(layout.is_demo_benchmark(benchmarks[name].root) for name in names):
         return {"benchmark": layout.DEMO_BENCHMARK_SUMMARY}
     return {}
 
 
-def finetune_inputs(wildcards):
-    inputs = tracking_benchmark_inputs(PARAMS.tracking.train)
-    cell = layout.cell_of_tracker(wildcards.tracker)
-    if cell is not None:
-        inputs["pretrained"] = cell.paths(layout.MODEL)
+def finetune_inputs(task):
+    """Input function of a fine-tuning rule: its training benchmarks and the pretraining checkpoint."""
+
+    def inputs(wildcards):
+        found = demo_benchmark_inputs(task, task.settings(PARAMS).train)
+        cell = layout.cell_of_model(getattr(wildcards, task.wildcard))
+        if cell is not None:
+            found["pretrained"] = cell.paths(layout.MODEL)
+        return found
+
     return inputs
 
 
-def evaluate_inputs(wildcards):
-    inputs = tracking_benchmark_inputs([wildcards.benchmark])
-    if wildcards.tracker != layout.FIRST_BOX:
-        inputs["model"] = layout.tracker_paths(layout.TRACKER_MODEL, wildcards.tracker)
+def evaluate_inputs(task):
+    """Input function of an evaluation rule: the benchmark and the fine-tuned model (none for the trivial baseline)."""
+
+    def inputs(wildcards):
+        found = demo_benchmark_inputs(task, [wildcards.benchmark])
+        name = getattr(wildcards, task.wildcard)
+        if name != task.trivial:
+            found["model"] = task.paths(task.model, name)
+        return found
+
     return inputs
+
+
+def probe_inputs(wildcards):
+    return {
+        **demo_benchmark_inputs(layout.SEGMENTATION, [wildcards.benchmark]),
+        "model": cell_of(wildcards).paths(layout.MODEL),
+    }
 
 
 def table_inputs(table):
-    """Per-cell metrics, plus each tracker's scores when tracking is configured."""
+    """Per-cell metrics, plus each tracker's and segmenter's scores and the probe's where configured."""
     inputs = {"metrics": cell_results(table, layout.CELL_METRICS)}
-    tracking = layout.tracking_results(PARAMS, table)
-    if tracking:
-        inputs["tracking"] = tracking
+    for task in layout.DOWNSTREAM:
+        results = task.table_results(PARAMS, table)
+        if results:
+            inputs[task.section] = results
+    probe = layout.probe_results(PARAMS, table)
+    if probe:
+        inputs["probe"] = probe
     return inputs

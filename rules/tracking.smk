@@ -3,6 +3,7 @@
 # fine-tuning, like pretraining, is a submitit job (launcher.finetune); the rule waits for it.
 
 
+# The demo benchmark in both layouts (got10k/ for tracking, davis/ for segmentation).
 rule demo_benchmark:
     input:
         videos=layout.demo_videos(),
@@ -21,7 +22,7 @@ rule demo_benchmark:
 
 rule finetune_tracker:
     input:
-        unpack(finetune_inputs),
+        unpack(finetune_inputs(layout.TRACKING)),
     output:
         model=layout.TRACKER_MODEL,
         summary=layout.TRACKER_SUMMARY,
@@ -30,7 +31,7 @@ rule finetune_tracker:
     params:
         signature=lambda wildcards: as_json(stages.tracker_signature(PARAMS, wildcards.tracker)),
     wildcard_constraints:
-        tracker=TRAINED_TRACKER_PATTERN,
+        tracker=TRAINED_PATTERN,
     threads: PARAMS.launcher.finetune.cpus_per_task if PARAMS.launcher.executor == "local" else 1
     localrule: True
     conda:
@@ -41,7 +42,7 @@ rule finetune_tracker:
 
 rule evaluate_tracker:
     input:
-        unpack(evaluate_inputs),
+        unpack(evaluate_inputs(layout.TRACKING)),
     output:
         metrics=layout.TRACKING_METRICS,
         plot=layout.TRACKING_PLOT,
@@ -56,6 +57,8 @@ rule evaluate_tracker:
                 "clip_margin": PARAMS.tracking.clip_margin,
             }
         ),
+    wildcard_constraints:
+        benchmark=TRACKING_BENCHMARKS,
     threads: PARAMS.launcher.evaluate.cpus
     resources:
         **job_resources("evaluate"),

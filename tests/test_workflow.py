@@ -12,11 +12,13 @@ import pytest
 import yaml
 
 from dropmae.config import config_to_dict, json_schema, load_config
+from dropmae.tracking.demo_benchmark import DemoBenchmarkSettings
 from dropmae.workflow import layout, stages
 from workflow_support import (
     REPO,
     TINY_OVERLAY,
     copy_repository,
+    with_segmentation,
     with_tracking,
     dry_run_jobs,
     job_counts,
@@ -34,7 +36,7 @@ def demo_dag(tmp_path_factory, demo_tree) -> Path:
     """A scratch copy of the repository where the tiny DAG has been run once with the local profile."""
     repo = copy_repository(tmp_path_factory.mktemp("dag") / "repo")
     seed_demo_videos(repo, demo_tree)
-    write_yaml(repo / "tiny.yaml", with_tracking(TINY_OVERLAY))
+    write_yaml(repo / "tiny.yaml", with_segmentation(with_tracking(TINY_OVERLAY)))
     snakemake(repo, "--profile", "profiles/local", "--cores", "2", configfiles=["tiny.yaml"])
     return repo
 
@@ -47,16 +49,43 @@ def test_the_dag_builds_every_table_from_cell_results(demo_dag):
                    "results/cells/demo/twinmae_ep1/reconstruction.png"):
         assert (demo_dag / figure).stat().st_size > 1000
     table = pd.read_csv(demo_dag / layout.table_csv("pretraining"))
-    assert list(table["method"]) == ["No pre-training", "First-frame box (trivial tracker)", "twinmae", "dropmae"]
+    assert list(table["method"]) == ["No pre-training", "First-frame box (trivial tracker)",
+                                     "First-frame mask (trivial segmenter)", "twinmae", "dropmae"]
+    rows = dict(zip(["scratch", "first_box", "first_mask", "demo/twinmae_ep1", "demo/dropmae_ep1"], table.itertuples()))
+    val_sequences = DemoBenchmarkSettings().val_sequences  # the demo_benchmark rule's val split
     # Every tracking cell is the AO of a metrics.json the evaluate_tracker rule wrote.
-    trackers = [layout.SCRATCH, layout.FIRST_BOX, "demo/twinmae_ep1", "demo/dropmae_ep1"]
-    for tracker, row in zip(trackers, table.itertuples()):
-        metrics = json.loads((demo_dag / layout.tracker_paths(layout.TRACKING_METRICS, tracker, "demo")).read_text())
-        assert metrics["scored"] and metrics["format"] == "got10k" and metrics["sequences"] == 8
+    for tracker in [layout.SCRATCH, layout.FIRST_BOX, "demo/twinmae_ep1", "demo/dropmae_ep1"]:
+        row = rows[tracker]
+        metrics = json.loads((demo_dag / layout.TRACKING.paths(layout.TRACKING_METRICS, tracker, "demo")).read_text())
+        assert metrics["scored"] and metrics["format"] == "got10k" and metrics["sequences"] == val_sequences
         assert (row.demo_ao, row.demo_sr50, row.demo_sr75) == pytest.approx((metrics["ao"], metrics["sr50"], metrics["sr75"]))
-        raw = demo_dag / layout.tracker_paths(layout.TRACKING_RAW, tracker, "demo")
-        assert len(list(raw.glob("*/*_001.txt"))) == 8 and len(list(raw.glob("*/*_time.txt"))) == 8
-    assert "demo AO (%)" in (demo_dag / layout.table_markdown("pretraining")).read_text()
+        raw = demo_dag / layout.TRACKING.paths(layout.TRACKING_RAW, tracker, "demo")
+        assert len(list(raw.glob("*/*_001.txt"))) == len(list(raw.glob("*/*_time.txt"))) == val_sequences
+    # Every segmentation cell is the J&F / J / F of a metrics.json the evaluate_segmenter rule wrote;
+    # the scratch row holds the scratch tracker's and the scratch segmenter's scores.
+    markdown = (demo_dag / layout.table_markdown("pretraining")).read_text()
+    for segmenter in [layout.SCRATCH, layout.FIRST_MASK, "demo/twinmae_ep1", "demo/dropmae_ep1"]:
+        row = rows[segmenter]
+        metrics = json.loads((demo_dag / layout.SEGMENTATION.paths(layout.SEGMENTATION_METRICS, segmenter, "demo"))
+                             .read_text())
+        assert metrics["scored"] and metrics["format"] == "davis2017" and 0 <= metrics["jf"] <= 1
+        assert (row.demo_jf, row.demo_j, row.demo_f) == pytest.approx((metrics["jf"], metrics["j"], metrics["f"]))
+        assert f"{metrics['jf'] * 100:.4f}" in markdown  # printed in percent, as the paper does
+        raw = demo_dag / layout.SEGMENTATION.paths(layout.SEGMENTATION_RAW, segmenter, "demo")
+        assert len(list(raw.glob("*/00000.png"))) == metrics["sequences"] == val_sequences
+        overlay = demo_dag / layout.SEGMENTATION.paths(layout.SEGMENTATION_OVERLAY, segmenter, "demo")
+        assert overlay.stat().st_size > 1000
+    for cell in ("demo/twinmae_ep1", "demo/dropmae_ep1"):
+        probe_path = layout.parse_cell(cell).paths(layout.PROBE_METRICS, benchmark="demo")
+        probe = json.loads((demo_dag / probe_path).read_text())
+        assert rows[cell].demo_probe_jf == pytest.approx(probe["jf"]) and probe["checkpoint_sha256"]
+    # Each baseline row has only its own task's scores.
+    assert pd.isna(rows["first_box"].demo_jf) and pd.isna(rows["first_mask"].demo_ao)
+    assert table[["demo_probe_jf"]].iloc[:3].isna().all().all()
+    for header in ("demo AO (%)", "demo J&F (%)", "demo J (%)", "demo F (%)", "demo probe J&F (%)"):
+        assert header in markdown
+    datasources = pd.read_csv(demo_dag / layout.table_csv("datasources"))
+    assert datasources[["demo_ao", "demo_jf", "demo_j", "demo_f", "demo_probe_jf"]].notna().all().all()
     for row in table.dropna(subset=["source"]).itertuples():
         cell = layout.Cell(row.source, row.method, int(row.epochs))  # a float column: baseline rows have none
         metrics = json.loads((demo_dag / cell.paths(layout.CELL_METRICS)).read_text())
@@ -85,6 +114,7 @@ def test_changing_the_epochs_list_reruns_only_the_new_cells(demo_dag):
     result = snakemake(demo_dag, "--profile", "profiles/local", "-n", configfiles=["tiny.yaml", "epochs.yaml"])
     jobs = dry_run_jobs(result.stdout)
     assert job_counts(result.stdout) == {"pretrain": 2, "analyse": 2, "finetune_tracker": 2, "evaluate_tracker": 2,
+                                         "finetune_segmenter": 2, "evaluate_segmenter": 2, "probe": 2,
                                          "table_pretraining": 1, "table_attention": 1, "all": 1}
     assert {tuple(job["output"]) for job in jobs if job["rule"] == "pretrain"} == {
         ("runs/pretrain/demo/twinmae_ep2/model.pth", "runs/pretrain/demo/twinmae_ep2/run.json"),
@@ -98,6 +128,7 @@ def test_changing_a_recipe_value_retrains_but_does_not_reextract(demo_dag):
     counts = job_counts(result.stdout)
     assert counts["pretrain"] == 2 and counts["analyse"] == 2
     assert counts["finetune_tracker"] == 2 and counts["evaluate_tracker"] == 2  # not the scratch or first-box rows
+    assert counts["finetune_segmenter"] == 2 and counts["evaluate_segmenter"] == 2 and counts["probe"] == 2
     assert "extract_frames" not in counts and "demo_videos" not in counts and "demo_benchmark" not in counts
 
 
@@ -161,7 +192,8 @@ def test_a_missing_data_path_stops_the_run_before_any_job(scratch_repo):
 def test_the_slurm_profile_dry_runs_without_slurm(scratch_repo):
     result = snakemake(scratch_repo, "--profile", "slurm", "-n", "results/table_datasources.csv")
     assert job_counts(result.stdout) == {"extract_frames": 1, "pretrain": 1, "analyse": 1, "finetune_tracker": 1,
-                                         "evaluate_tracker": 1, "table_datasources": 1}
+                                         "evaluate_tracker": 1, "finetune_segmenter": 1, "evaluate_segmenter": 1,
+                                         "probe": 1, "table_datasources": 1}
 
 
 def test_snakemake_lint_is_clean(scratch_repo):
@@ -203,7 +235,7 @@ def agreement_repo(tmp_path_factory, demo_tree) -> Path:
     repo = copy_repository(tmp_path_factory.mktemp("agree") / "repo")
     seed_demo_videos(repo, demo_tree)
     (repo / "clips").symlink_to(demo_tree, target_is_directory=True)
-    overlay = with_tracking(TINY_OVERLAY)
+    overlay = with_segmentation(with_tracking(TINY_OVERLAY))
     overlay["data"]["sources"]["clips"] = {"videos": "clips"}
     overlay["pretrain"]["epochs"] = [1, 2]
     merged = config_to_dict(load_config([repo / "params.yaml", write_yaml(repo / "overlay.yaml", overlay)]))
@@ -220,12 +252,14 @@ def test_snakemake_and_dvc_declare_the_same_stages(agreement_repo):
                       for stage in dvc.values() for out in stage["outs"]})
     jobs = dry_run_jobs(snakemake(agreement_repo, *targets, "-n", "--forceall").stdout)
     cells = 2 * 2 * 2  # sources x methods x epochs
-    # videos, frames, pretrain + analyse per cell, 3 tables; demo benchmark, a tracker per cell and
-    # from scratch, each evaluated on the demo benchmark, plus the first-frame-box baseline.
-    assert len(dvc) == len(jobs) == 1 + 2 + 2 * cells + 3 + 1 + (cells + 1) + (cells + 2)
+    # videos, frames, pretrain + analyse per cell, 3 tables; demo benchmark, a tracker and a segmenter
+    # per cell and from scratch, each evaluated on the demo benchmark, plus the first-frame-box and
+    # first-frame-mask baselines; the probe per cell.
+    assert len(dvc) == len(jobs) == 1 + 2 + 2 * cells + 3 + 1 + 2 * ((cells + 1) + (cells + 2)) + cells
     # DVC needs one stage per kind of input; Snakemake has one rule with an input function.
     rule_of = {"finetune_tracker_scratch": "finetune_tracker", "evaluate_tracker_scratch": "evaluate_tracker",
-               "evaluate_first_box": "evaluate_tracker"}
+               "evaluate_first_box": "evaluate_tracker", "finetune_segmenter_scratch": "finetune_segmenter",
+               "evaluate_segmenter_scratch": "evaluate_segmenter", "evaluate_first_mask": "evaluate_segmenter"}
     for name, stage in dvc.items():
         rule = rule_of.get(name.split("@")[0], name.split("@")[0])
         matching = [job for job in jobs if job["rule"] == rule
@@ -254,13 +288,25 @@ def test_dvc_params_are_what_the_rules_rerun_on(agreement_repo):
     expected_tracking = ["tracking.benchmarks"] + [f"tracking.{k}" for k in tracking if k != "train_data"]
     assert dvc["finetune_tracker@demo-dropmae-1"]["params"] == sorted(expected_tracking)
     assert dvc["finetune_tracker_scratch"]["params"] == sorted(expected_tracking + ["model.encoder", "model.patch_size"])
+    segmentation = stages.segmenter_signature(config, "demo/dropmae_ep1")
+    expected_segmentation = ["segmentation.benchmarks"] + [
+        f"segmentation.{k}" for k in segmentation if k != "train_data"]
+    assert dvc["finetune_segmenter@demo-dropmae-1"]["params"] == sorted(expected_segmentation)
+    assert dvc["finetune_segmenter_scratch"]["params"] == sorted(expected_segmentation + ["model.encoder",
+                                                                                           "model.patch_size"])
+    evaluate = ["segmentation.benchmarks", "segmentation.evaluate"] + [
+        f"segmentation.{k}" for k in stages.SEGMENTATION_TEST_KEYS]
+    assert dvc["evaluate_segmenter@demo-dropmae-1-demo"]["params"] == sorted(evaluate)
+    assert dvc["evaluate_first_mask@demo"]["params"] == sorted(evaluate)
+    assert dvc["probe@demo-dropmae-1-demo"]["params"] == ["segmentation.benchmarks", "segmentation.evaluate",
+                                                          "segmentation.probe"]
 
 
 @pytest.fixture(scope="module")
 def dvc_repo(tmp_path_factory, demo_tree) -> Path:
     """A git + DVC repository of the workflow with the tiny configuration as its params.yaml."""
     repo = copy_repository(tmp_path_factory.mktemp("dvc") / "repo")
-    overlay = write_yaml(repo / "tiny.yaml", with_tracking(TINY_OVERLAY))
+    overlay = write_yaml(repo / "tiny.yaml", with_segmentation(with_tracking(TINY_OVERLAY)))
     merged = config_to_dict(load_config([repo / "params.yaml", overlay]))
     write_yaml(repo / "params.yaml", merged)
     git = ["git", "-c", "user.email=ci@example.org", "-c", "user.name=ci"]
@@ -272,7 +318,8 @@ def dvc_repo(tmp_path_factory, demo_tree) -> Path:
 
 
 def test_dvc_repro_metrics_plots_and_experiments(dvc_repo):
-    repro = run(["dvc", "repro"], dvc_repo)
+    # DVC runs its 26 stages here one after another, a fresh process each, on a shared machine.
+    repro = run(["dvc", "repro"], dvc_repo, timeout=1200)
     assert "Running stage 'pretrain@demo-dropmae-1'" in repro.stdout
     assert (dvc_repo / layout.table_csv("datasources")).is_file()
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], dvc_repo).stdout
@@ -283,15 +330,27 @@ def test_dvc_repro_metrics_plots_and_experiments(dvc_repo):
     assert cell["method"] == "dropmae" and cell["heldout_loss"] > 0
     tracking = files["results/tracking/demo/dropmae_ep1/demo/metrics.json"]["data"]
     assert 0 <= tracking["ao"] <= 1 and tracking["scored"]
+    for path in ("results/segmentation/demo/dropmae_ep1/demo/metrics.json",
+                 "results/segmentation/first_mask/demo/metrics.json",
+                 "results/probe/demo/dropmae_ep1/demo/metrics.json"):
+        segmentation = files[path]["data"]
+        assert 0 <= segmentation["jf"] <= 1 and segmentation["scored"]
+    table = pd.read_csv(dvc_repo / layout.table_csv("pretraining"))
+    assert table[["demo_jf", "demo_j", "demo_f"]].notna().sum().tolist() == [4, 4, 4]  # not the first-frame-box row
     plots = run(["dvc", "plots", "show", "--json"], dvc_repo)
     assert "results/attention_layers.csv" in plots.stdout
+    assert "results/segmentation/demo/dropmae_ep1/demo/overlays.png" in plots.stdout
+    assert "results/probe/demo/dropmae_ep1/demo/overlays.png" in plots.stdout
 
     git = ["git", "-c", "user.email=ci@example.org", "-c", "user.name=ci"]
     run([*git, "add", "-A"], dvc_repo)
     run([*git, "commit", "-qm", "first run"], dvc_repo)
-    experiment = run(["dvc", "exp", "run", "-S", "pretrain.epochs=[1,2]"], dvc_repo)
+    experiment = run(["dvc", "exp", "run", "-S", "pretrain.epochs=[1,2]"], dvc_repo, timeout=1200)
     ran = {line.split("'")[1] for line in experiment.stdout.splitlines() if line.startswith("Running stage")}
     assert ran == {"pretrain@demo-twinmae-2", "pretrain@demo-dropmae-2", "analyse@demo-twinmae-2",
                    "analyse@demo-dropmae-2", "finetune_tracker@demo-twinmae-2", "finetune_tracker@demo-dropmae-2",
                    "evaluate_tracker@demo-twinmae-2-demo", "evaluate_tracker@demo-dropmae-2-demo",
+                   "finetune_segmenter@demo-twinmae-2", "finetune_segmenter@demo-dropmae-2",
+                   "evaluate_segmenter@demo-twinmae-2-demo", "evaluate_segmenter@demo-dropmae-2-demo",
+                   "probe@demo-twinmae-2-demo", "probe@demo-dropmae-2-demo",
                    "table_pretraining", "table_datasources", "table_attention"}

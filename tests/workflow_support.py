@@ -64,9 +64,27 @@ TINY_TRACKING = {
 }
 
 
+# TINY_OVERLAY plus segmenters and the probe on the demo benchmark's DAVIS copy: one epoch of
+# 16 pairs per segmenter, frames segmented at half their size, a small memory for the probe.
+TINY_SEGMENTATION = {
+    "benchmarks": {"demo": {"format": "davis2017", "root": "data/demo-benchmark/davis"}},
+    "train": {"demo": {"split": "train"}},
+    "evaluate": {"demo": {"split": "val"}},
+    "image_size": 32, "decoder_channels": 16, "epochs": 1, "samples_per_epoch": 16, "batch_size": 8,
+    "frame_short_side": 48,
+    "probe": {"topk": 3, "n_context": 2, "neighbourhood": 2, "frame_short_side": 48},
+}
+
+
 def with_tracking(overlay: dict) -> dict:
     merged = json.loads(json.dumps(overlay))
     merged["tracking"].update(TINY_TRACKING)
+    return merged
+
+
+def with_segmentation(overlay: dict) -> dict:
+    merged = json.loads(json.dumps(overlay))
+    merged["segmentation"].update(TINY_SEGMENTATION)
     return merged
 
 

@@ -62,7 +62,7 @@ def _export_distributed_environment(env: submitit.JobEnvironment) -> None:
 
 
 class TrainingJob(Checkpointable):
-    """One training run (a pretraining cell or a tracker fine-tuning), run by every task of a submitit job.
+    """One training run (a pretraining cell, a tracker or a segmenter fine-tuning), run by every task of a submitit job.
 
     Holds plain data only (the config as a dict), so the pickle submitit writes does not depend
     on the package's classes staying the same between submission and requeue. Checkpointable's
@@ -113,8 +113,8 @@ class PretrainJob(TrainingJob):
                         progress=False)
 
 
-class FinetuneTrackerJob(TrainingJob):
-    """One tracker fine-tuning, from a pretraining checkpoint or (pretrained None) from scratch."""
+class FinetuneJob(TrainingJob):
+    """One downstream fine-tuning, from a pretraining checkpoint or (pretrained None) from scratch."""
 
     resources_key = "finetune"
 
@@ -123,11 +123,25 @@ class FinetuneTrackerJob(TrainingJob):
         self.name = name
         self.pretrained = pretrained
 
+
+class FinetuneTrackerJob(FinetuneJob):
+    """One tracker (DropTrack) fine-tuning."""
+
     def train(self):
         from dropmae.tracking.train import finetune_tracker
 
         return finetune_tracker(config_from_dict(self.config), self.pretrained, self.output_dir, name=self.name,
                                 progress=False)
+
+
+class FinetuneSegmenterJob(FinetuneJob):
+    """One segmenter (DropSeg) fine-tuning."""
+
+    def train(self):
+        from dropmae.segmentation.train import finetune_segmenter
+
+        return finetune_segmenter(config_from_dict(self.config), self.pretrained, self.output_dir, name=self.name,
+                                  progress=False)
 
 
 def build_executor(launcher: LauncherConfig, folder: Path, name: str, resources_key: str = "pretrain") -> submitit.Executor:
@@ -277,8 +291,20 @@ def launch_pretraining(config: Config, run: PretrainRun, data_path: str | Path, 
     return launch_training(config, job, output_dir, f"dropmae-{run.source}-{run.method}-ep{run.epochs}", report, poll_s)
 
 
+def _launch_finetuning(job_class: type[FinetuneJob], prefix: str, config: Config, name: str,
+                       pretrained: str | Path | None, output_dir: str | Path, report: Callable[[str], None],
+                       poll_s: float) -> dict:
+    job = job_class(config_to_dict(config), name, None if pretrained is None else str(pretrained), str(output_dir))
+    return launch_training(config, job, output_dir, f"{prefix}-{name.replace('/', '-')}", report, poll_s)
+
+
 def launch_tracker_finetuning(config: Config, name: str, pretrained: str | Path | None, output_dir: str | Path,
                               report: Callable[[str], None] = print, poll_s: float = 5.0) -> dict:
     """One tracker fine-tuning through submitit (launcher.finetune resources)."""
-    job = FinetuneTrackerJob(config_to_dict(config), name, None if pretrained is None else str(pretrained), str(output_dir))
-    return launch_training(config, job, output_dir, f"droptrack-{name.replace('/', '-')}", report, poll_s)
+    return _launch_finetuning(FinetuneTrackerJob, "droptrack", config, name, pretrained, output_dir, report, poll_s)
+
+
+def launch_segmenter_finetuning(config: Config, name: str, pretrained: str | Path | None, output_dir: str | Path,
+                                report: Callable[[str], None] = print, poll_s: float = 5.0) -> dict:
+    """One segmenter fine-tuning through submitit (launcher.finetune resources)."""
+    return _launch_finetuning(FinetuneSegmenterJob, "dropseg", config, name, pretrained, output_dir, report, poll_s)

@@ -2,7 +2,7 @@
 the DVC stages and the stage functions so the two workflow engines cannot disagree on paths.
 
 Paths are relative to the repository root (the working directory of both engines). Templates
-use Snakemake's wildcard syntax: {source}, {method}, {epochs}.
+use Snakemake's wildcard syntax: {source}, {method}, {epochs}, {tracker}, {segmenter}, {benchmark}.
 """
 
 from __future__ import annotations
@@ -31,12 +31,17 @@ METRICS = "results/metrics_{table}.json"
 
 LOGS = "logs/{stage}/{name}.log"
 
-# Tracking. A tracker is named by where its encoder comes from: a pretraining cell
-# ("{source}/{method}_ep{epochs}"), SCRATCH (no pretraining) or FIRST_BOX (no network: the
-# first-frame box repeated, the floor every tracker must beat).
+# Downstream models. A tracker or a segmenter is named by where its encoder comes from: a
+# pretraining cell (its Cell.name, "{source}/{method}_ep{epochs}"), SCRATCH (no pretraining), or
+# a trivial baseline with no network, the floor every trained model must beat: FIRST_BOX (the
+# first-frame box repeated) for tracking, FIRST_MASK (the first-frame mask copied to every
+# frame) for segmentation.
 SCRATCH = "scratch"
 FIRST_BOX = "first_box"
+FIRST_MASK = "first_mask"
+# The demo benchmark (GOT-10k and DAVIS layouts) is one rule's output, marked by its summary.
 DEMO_BENCHMARK_SUMMARY = DEMO_TRACKING_BENCHMARK + "/summary.json"
+
 TRACKER_RUN = "runs/track/{tracker}"
 TRACKER_MODEL = TRACKER_RUN + "/model.pth"  # fine-tuned weights + config (no optimiser state)
 TRACKER_SUMMARY = TRACKER_RUN + "/run.json"
@@ -44,6 +49,20 @@ TRACKING_DIR = "results/tracking/{tracker}/{benchmark}"
 TRACKING_METRICS = TRACKING_DIR + "/metrics.json"
 TRACKING_RAW = TRACKING_DIR + "/raw"  # result files in the benchmark's official format
 TRACKING_PLOT = TRACKING_DIR + "/success.png"
+
+SEGMENTER_RUN = "runs/segment/{segmenter}"
+SEGMENTER_MODEL = SEGMENTER_RUN + "/model.pth"  # fine-tuned weights + config (no optimiser state)
+SEGMENTER_SUMMARY = SEGMENTER_RUN + "/run.json"
+SEGMENTATION_DIR = "results/segmentation/{segmenter}/{benchmark}"
+SEGMENTATION_METRICS = SEGMENTATION_DIR + "/metrics.json"
+SEGMENTATION_RAW = SEGMENTATION_DIR + "/raw"  # DAVIS-format palette PNGs, <seq>/<frame>.png
+SEGMENTATION_OVERLAY = SEGMENTATION_DIR + "/overlays.png"  # a few predicted masks over their frames
+
+# The label-propagation probe scores a pretraining checkpoint itself (no fine-tuning).
+PROBE_DIR = "results/probe/{source}/" + CELL + "/{benchmark}"
+PROBE_METRICS = PROBE_DIR + "/metrics.json"
+PROBE_RAW = PROBE_DIR + "/raw"
+PROBE_OVERLAY = PROBE_DIR + "/overlays.png"
 
 
 def table_csv(table: str) -> str:
@@ -74,8 +93,9 @@ class Cell:
     method: str
     epochs: int
 
-    def paths(self, template: str) -> str:
-        return template.format(source=self.source, method=self.method, epochs=self.epochs)
+    def paths(self, template: str, **wildcards: str) -> str:
+        """``template`` with this cell's wildcards, and others (``benchmark=``) where it has them."""
+        return template.format(source=self.source, method=self.method, epochs=self.epochs, **wildcards)
 
     def run(self) -> PretrainRun:
         return PretrainRun(method=self.method, epochs=self.epochs, source=self.source)
@@ -119,46 +139,93 @@ def ensure_parent(path: str | Path) -> Path:
     return path
 
 
-# ----------------------------------------------------------------------------- tracking
-def tracker_of(cell: Cell) -> str:
-    return f"{cell.source}/{cell.method}_ep{cell.epochs}"
-
-
-def cell_of_tracker(tracker: str) -> Cell | None:
-    """The pretraining cell a tracker starts from (None for SCRATCH and FIRST_BOX)."""
-    if tracker in (SCRATCH, FIRST_BOX):
-        return None
-    source, rest = tracker.split("/")
-    method, epochs = rest.rsplit("_ep", 1)
+def parse_cell(name: str) -> Cell:
+    """The cell of a name written as ``Cell.name`` ("{source}/{method}_ep{epochs}")."""
+    source, _, rest = name.partition("/")
+    method, _, epochs = rest.rpartition("_ep")
+    if not (source and method and epochs.isdigit()) or "/" in rest:
+        raise ValueError(f"{name!r} is not a pretraining cell name <source>/<method>_ep<epochs>")
     return Cell(source, method, int(epochs))
 
 
-def tracker_paths(template: str, tracker: str, benchmark: str = "{benchmark}") -> str:
-    return template.format(tracker=tracker, benchmark=benchmark)
+def is_demo_benchmark(root: str) -> bool:
+    return root == DEMO_TRACKING_BENCHMARK or root.startswith(DEMO_TRACKING_BENCHMARK + "/")
 
 
-def tracking_enabled(config: Config) -> bool:
-    """Trackers are fine-tuned and evaluated when params.yaml names training and evaluation sets."""
-    return bool(config.tracking.train) and bool(config.tracking.evaluate)
+# ----------------------------------------------------------------------------- downstream tasks
+@dataclass(frozen=True)
+class Downstream:
+    """A downstream task fine-tuned from every pretraining cell (tracking, segmentation): its
+    config section, the wildcard naming its models in the path templates, its trivial
+    baseline, and where its models and scores live."""
+
+    section: str  # "tracking" | "segmentation": benchmarks, train, evaluate and baseline keys
+    wildcard: str  # "tracker" | "segmenter"
+    trivial: str  # the no-network baseline
+    model: str  # template of a fine-tuned model
+    summary: str  # template of its launch summary
+    metrics: str  # template of its scores on one benchmark
+
+    def settings(self, config: Config):
+        return getattr(config, self.section)
+
+    def paths(self, template: str, name: str, benchmark: str = "{benchmark}") -> str:
+        """``template`` for the model ``name`` (a cell name, SCRATCH or the trivial baseline)."""
+        return template.format(**{self.wildcard: name, "benchmark": benchmark})
+
+    def enabled(self, config: Config) -> bool:
+        """Models are fine-tuned and evaluated when params.yaml names training and evaluation sets."""
+        settings = self.settings(config)
+        return bool(settings.train) and bool(settings.evaluate)
+
+    def table_models(self, config: Config, table: str) -> list[str]:
+        """The models whose scores a table shows: one per pretraining cell of the table, and for the
+        pretraining table the no-pretraining and trivial-baseline rows."""
+        if not self.enabled(config) or table == "attention":
+            return []
+        names = [cell.name for cell in table_cells(config, table)]
+        if table == "pretraining":
+            names = ([SCRATCH] if self.settings(config).baseline else []) + [self.trivial] + names
+        return names
+
+    def table_results(self, config: Config, table: str) -> list[str]:
+        return [self.paths(self.metrics, name, benchmark)
+                for name in self.table_models(config, table) for benchmark in self.settings(config).evaluate]
+
+    def benchmark_roots(self, config: Config) -> list[str]:
+        settings = self.settings(config)
+        return [settings.benchmarks[name].root for name in {*settings.train, *settings.evaluate}]
 
 
-def table_trackers(config: Config, table: str) -> list[str]:
-    """The trackers whose results a table shows: one per pretraining cell of the table, and for the
-    pretraining table the no-pretraining and first-frame-box rows."""
-    if not tracking_enabled(config) or table == "attention":
-        return []
-    trackers = [tracker_of(cell) for cell in table_cells(config, table)]
-    if table == "pretraining":
-        trackers = ([SCRATCH] if config.tracking.baseline else []) + [FIRST_BOX] + trackers
-    return trackers
+TRACKING = Downstream("tracking", "tracker", FIRST_BOX, TRACKER_MODEL, TRACKER_SUMMARY, TRACKING_METRICS)
+SEGMENTATION = Downstream("segmentation", "segmenter", FIRST_MASK, SEGMENTER_MODEL, SEGMENTER_SUMMARY,
+                          SEGMENTATION_METRICS)
+DOWNSTREAM = (TRACKING, SEGMENTATION)
 
 
-def tracking_results(config: Config, table: str) -> list[str]:
-    return [tracker_paths(TRACKING_METRICS, tracker, benchmark)
-            for tracker in table_trackers(config, table) for benchmark in config.tracking.evaluate]
+def cell_of_model(name: str) -> Cell | None:
+    """The pretraining cell a tracker or segmenter starts from (None for SCRATCH and the trivial baselines)."""
+    if name in (SCRATCH, FIRST_BOX, FIRST_MASK):
+        return None
+    return parse_cell(name)
+
+
+def probe_enabled(config: Config) -> bool:
+    """The probe runs on every segmentation.evaluate benchmark unless segmentation.probe.enabled is off."""
+    return config.segmentation.probe.enabled and bool(config.segmentation.evaluate)
+
+
+def table_probe_cells(config: Config, table: str) -> list[Cell]:
+    return table_cells(config, table) if probe_enabled(config) and table != "attention" else []
+
+
+def probe_results(config: Config, table: str) -> list[str]:
+    return [cell.paths(PROBE_METRICS, benchmark=benchmark)
+            for cell in table_probe_cells(config, table) for benchmark in config.segmentation.evaluate]
 
 
 def uses_demo_benchmark(config: Config) -> bool:
-    t = config.tracking
-    return tracking_enabled(config) and any(
-        t.benchmarks[name].root.startswith(DEMO_TRACKING_BENCHMARK) for name in {*t.train, *t.evaluate})
+    roots = [root for task in DOWNSTREAM if task.enabled(config) for root in task.benchmark_roots(config)]
+    if probe_enabled(config):
+        roots += [config.segmentation.benchmarks[name].root for name in config.segmentation.evaluate]
+    return any(is_demo_benchmark(root) for root in roots)

@@ -206,14 +206,53 @@ def build_demo_benchmark_stage(videos_root: str | Path, summary_path: str | Path
     return summary
 
 
-def tracker_signature(config: Config, tracker: str) -> dict:
-    """Everything a fine-tuned tracker depends on besides its pretraining checkpoint (operational keys left out)."""
-    values = config_to_dict(config)["tracking"]
-    signature = {k: v for k, v in values.items() if k not in TRACKING_OPERATIONAL_KEYS}
-    signature["train_data"] = {name: values["benchmarks"][name] for name in values["train"]}
-    if tracker == layout.SCRATCH:  # the encoder's size then comes from model.*
+def _downstream_signature(config: Config, section: str, operational: set[str], name: str) -> dict:
+    """Everything a fine-tuned model of config.<section> depends on besides its pretraining checkpoint."""
+    values = config_to_dict(config)[section]
+    signature = {k: v for k, v in values.items() if k not in operational}
+    signature["train_data"] = {benchmark: values["benchmarks"][benchmark] for benchmark in values["train"]}
+    if name == layout.SCRATCH:  # the encoder's size then comes from model.*
         signature["model"] = {"encoder": config.model.encoder, "patch_size": config.model.patch_size}
     return signature
+
+
+def tracker_signature(config: Config, tracker: str) -> dict:
+    """Everything a fine-tuned tracker depends on besides its pretraining checkpoint (operational keys left out)."""
+    return _downstream_signature(config, "tracking", TRACKING_OPERATIONAL_KEYS, tracker)
+
+
+def _finetune_downstream(config: Config, task: layout.Downstream, name: str, pretrained_model: str | Path | None,
+                         model_path: str | Path, summary_path: str | Path, signature_of: Callable[[Config], dict],
+                         launch: Callable[..., dict], report: Callable[[str], None]) -> dict:
+    """Fine-tune one tracker or segmenter through the launcher; write its final weights and a summary.
+
+    A previous run in the folder is resumed only when it is unfinished and was started with the
+    same signature and pretraining checkpoint; otherwise it is moved aside.
+    """
+    model_path, summary_path = ensure_parent(model_path), ensure_parent(summary_path)
+    run_dir = model_path.parent
+    signature = signature_of(config)
+    pretrained = None if pretrained_model is None else str(pretrained_model)
+    what = f"{task.wildcard} {name}"
+
+    def judge(state: dict) -> tuple[bool, bool]:
+        try:
+            same = signature_of(config_from_dict(state["config"])) == signature
+        except Exception:  # written by another version of the config
+            same = False
+        return state["epoch"] >= task.settings(config).epochs, same and state.get("pretrained") == pretrained
+
+    _supersede_stale(run_dir, what, judge, report)
+    result = launch(config, name, pretrained_model, run_dir, report=report)
+    state = load_checkpoint(run_dir / LAST_CHECKPOINT)
+    final = {key: state[key] for key in ("model", "config", "pretrained", "architecture", "epoch", "global_step")}
+    atomic_torch_save(final, model_path)
+    summary = {**result, task.wildcard: name, "pretrained": pretrained,
+               "pretrained_sha256": None if pretrained_model is None else sha256_of(pretrained_model),
+               "model": str(model_path), "model_sha256": sha256_of(model_path), "signature": signature}
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    report(f"{what}: {result['global_step']} steps, last loss {result['last_loss']}, wrote {model_path}")
+    return summary
 
 
 def finetune_tracker_stage(config: Config, tracker: str, pretrained_model: str | Path | None, model_path: str | Path,
@@ -221,29 +260,21 @@ def finetune_tracker_stage(config: Config, tracker: str, pretrained_model: str |
     """Fine-tune one tracker through the launcher; write its final weights and a summary."""
     from dropmae.launch.submitit_launch import launch_tracker_finetuning
 
-    model_path, summary_path = ensure_parent(model_path), ensure_parent(summary_path)
-    run_dir = model_path.parent
-    signature = tracker_signature(config, tracker)
+    return _finetune_downstream(config, layout.TRACKING, tracker, pretrained_model, model_path, summary_path,
+                                lambda values: tracker_signature(values, tracker), launch_tracker_finetuning, report)
 
-    def judge(state: dict) -> tuple[bool, bool]:
-        try:
-            same = tracker_signature(config_from_dict(state["config"]), tracker) == signature
-        except Exception:  # written by another version of the config
-            same = False
-        return state["epoch"] >= config.tracking.epochs, same and state.get("pretrained") == (
-            None if pretrained_model is None else str(pretrained_model))
 
-    _supersede_stale(run_dir, f"tracker {tracker}", judge, report)
-    result = launch_tracker_finetuning(config, tracker, pretrained_model, run_dir, report=report)
-    state = load_checkpoint(run_dir / LAST_CHECKPOINT)
-    final = {key: state[key] for key in ("model", "config", "pretrained", "architecture", "epoch", "global_step")}
-    atomic_torch_save(final, model_path)
-    summary = {**result, "tracker": tracker, "pretrained": None if pretrained_model is None else str(pretrained_model),
-               "pretrained_sha256": None if pretrained_model is None else sha256_of(pretrained_model),
-               "model": str(model_path), "model_sha256": sha256_of(model_path), "signature": signature}
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-    report(f"tracker {tracker}: {result['global_step']} steps, last loss {result['last_loss']}, wrote {model_path}")
-    return summary
+def _fresh_folder(path: str | Path) -> Path:
+    """An empty folder for a run's result files (a rerun leaves no stale file behind)."""
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def evaluate_tracker_stage(config: Config, tracker: str, benchmark: str, model_path: str | Path | None,
@@ -259,14 +290,11 @@ def evaluate_tracker_stage(config: Config, tracker: str, benchmark: str, model_p
     t = config.tracking
     bench, split = t.benchmarks[benchmark], t.evaluate[benchmark].split
     sequences = read_benchmark(bench.format, bench.root, split)  # errors name the file before any tracking
-    raw_dir = Path(raw_dir)
-    if raw_dir.exists():
-        shutil.rmtree(raw_dir)
-    raw_dir.mkdir(parents=True)
+    raw_dir = _fresh_folder(raw_dir)
     if tracker == layout.FIRST_BOX:
         run = run_first_box_baseline
     else:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = _device()
         model, trained = load_finetuned_tracker(model_path, device)
         # Crop factors are the fine-tuning's (the network saw those scales); the margin is this run's.
         settings = TrackerSettings(trained.tracking.template_factor, trained.tracking.search_factor, t.clip_margin)
@@ -313,3 +341,110 @@ def _placeholder_plot(path: str | Path, message: str) -> None:
     axis.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
     figure.savefig(ensure_parent(path), dpi=100)
     plt.close(figure)
+
+
+# ----------------------------------------------------------------------------- segmentation
+# Segmentation settings that change how a fine-tuning runs or how its segmenter is run and scored
+# (inference keys and the probe), not what it learns.
+SEGMENTATION_OPERATIONAL_KEYS = {"preset", "baseline", "benchmarks", "evaluate", "num_workers",
+                                 "checkpoint_every_steps", "log_every_steps", "frame_short_side", "use_previous_frame",
+                                 "probe"}
+SEGMENTATION_TEST_KEYS = ("frame_short_side", "use_previous_frame")
+
+
+def segmenter_signature(config: Config, segmenter: str) -> dict:
+    """Everything a fine-tuned segmenter depends on besides its pretraining checkpoint (operational keys left out)."""
+    return _downstream_signature(config, "segmentation", SEGMENTATION_OPERATIONAL_KEYS, segmenter)
+
+
+def finetune_segmenter_stage(config: Config, segmenter: str, pretrained_model: str | Path | None,
+                             model_path: str | Path, summary_path: str | Path,
+                             report: Callable[[str], None] = print) -> dict:
+    """Fine-tune one segmenter (DropSeg) through the launcher; write its final weights and a summary."""
+    from dropmae.launch.submitit_launch import launch_segmenter_finetuning
+
+    return _finetune_downstream(config, layout.SEGMENTATION, segmenter, pretrained_model, model_path, summary_path,
+                                lambda values: segmenter_signature(values, segmenter), launch_segmenter_finetuning,
+                                report)
+
+
+def _segmentation_split(config: Config, benchmark: str) -> tuple:
+    """(benchmark entry, split, sequences) of a segmentation.evaluate benchmark; a bad folder or
+    file stops here, named, before any model is loaded."""
+    from dropmae.segmentation.datasets import read_segmentation_benchmark
+
+    s = config.segmentation
+    bench, split = s.benchmarks[benchmark], s.evaluate[benchmark].split
+    return bench, split, read_segmentation_benchmark(bench.format, bench.root, split)
+
+
+def _davis_scores(sequences: list, raw_dir: Path) -> dict:
+    """J&F and friends of the result PNGs when every sequence can be scored here (DAVIS skips the
+    first and last annotated frames, so a split annotated on its first frame only cannot be)."""
+    from dropmae.segmentation.metrics import evaluate_davis
+
+    if not all(len(sequence.annotated_indices) >= 3 for sequence in sequences):
+        return {"scored": False}
+    return {"scored": True, **evaluate_davis(sequences, raw_dir)}
+
+
+def _write_scored(metrics: dict, sequences: list, raw_dir: Path, metrics_path: str | Path, overlay_path: str | Path,
+                  title: str, report: Callable[[str], None]) -> dict:
+    """Score the result PNGs, draw the overlay figure, write metrics.json."""
+    from dropmae.viz.masks import save_mask_overlays
+
+    metrics.update(_davis_scores(sequences, raw_dir))
+    save_mask_overlays(sequences, raw_dir, ensure_parent(overlay_path), title=title)
+    if metrics["scored"]:
+        report(f"{title}: J&F {metrics['jf']:.4f} (J {metrics['j']:.4f}, F {metrics['f']:.4f}) "
+               f"over {metrics['objects']} objects")
+    else:
+        report(f"{title}: annotated on the first frame only: wrote result files for its evaluation server")
+    ensure_parent(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def evaluate_segmenter_stage(config: Config, segmenter: str, benchmark: str, model_path: str | Path | None,
+                             metrics_path: str | Path, overlay_path: str | Path, raw_dir: str | Path,
+                             report: Callable[[str], None] = print) -> dict:
+    """Segment a benchmark split from each sequence's first-frame mask, write DAVIS result PNGs,
+    score them (J&F) where the split has annotations past the first frame, and draw overlays."""
+    from dropmae.segmentation.metrics import copy_first_mask_baseline
+    from dropmae.segmentation.segmenter import DropSegmenter, SegmenterSettings, run_segmentation_benchmark
+    from dropmae.segmentation.train import load_finetuned_segmenter
+
+    bench, split, sequences = _segmentation_split(config, benchmark)
+    raw_dir = _fresh_folder(raw_dir)
+    if segmenter == layout.FIRST_MASK:
+        copy_first_mask_baseline(sequences, raw_dir)
+        timing = {"frames": sum(len(sequence) for sequence in sequences), "seconds": None, "frames_per_second": None}
+    else:
+        device = _device()
+        model, _ = load_finetuned_segmenter(model_path, device)
+        # Inference settings are this run's (they change no weights), unlike the crop size trained with.
+        online = DropSegmenter(model, SegmenterSettings.from_config(config.segmentation), device)
+        timing = run_segmentation_benchmark(online, sequences, raw_dir)
+    metrics: dict = {"segmenter": segmenter, "benchmark": benchmark, "format": bench.format, "split": split,
+                     "sequences": len(sequences), **timing, "results": str(raw_dir)}
+    if model_path is not None:
+        metrics.update(checkpoint=str(model_path), checkpoint_sha256=sha256_of(model_path))
+    return _write_scored(metrics, sequences, raw_dir, metrics_path, overlay_path,
+                         f"{segmenter} on {benchmark} ({split})", report)
+
+
+def probe_stage(config: Config, cell: Cell, benchmark: str, model_path: str | Path, metrics_path: str | Path,
+                overlay_path: str | Path, raw_dir: str | Path, report: Callable[[str], None] = print) -> dict:
+    """Label propagation with the frozen pretraining encoder of one cell (no fine-tuning), scored like a segmenter."""
+    from dropmae.segmentation.propagation import PropagationSettings, run_probe
+
+    bench, split, sequences = _segmentation_split(config, benchmark)
+    probe = dataclasses.asdict(config.segmentation.probe)
+    probe.pop("enabled")
+    settings = PropagationSettings(**probe)
+    raw_dir = _fresh_folder(raw_dir)
+    timing = run_probe(model_path, sequences, raw_dir, settings, _device())
+    metrics: dict = {**dataclasses.asdict(cell), "benchmark": benchmark, "format": bench.format, "split": split,
+                     **timing, "settings": dataclasses.asdict(settings), "results": str(raw_dir),
+                     "checkpoint": str(model_path), "checkpoint_sha256": sha256_of(model_path)}
+    return _write_scored(metrics, sequences, raw_dir, metrics_path, overlay_path,
+                         f"probe {cell.name} on {benchmark} ({split})", report)

@@ -12,23 +12,26 @@ from pathlib import Path
 import pandas as pd
 
 from dropmae.analysis.attention import display_name, save_attention_bars
-from dropmae.config import Config
+from dropmae.config import SEGMENTATION_FORMATS, Config
 from dropmae.workflow.layout import (
-    FIRST_BOX,
-    SCRATCH,
-    TRACKING_METRICS,
     ATTENTION_LAYERS,
     ATTENTION_PLOT,
     CELL_ATTENTION,
     CELL_METRICS,
+    DOWNSTREAM,
+    FIRST_BOX,
+    FIRST_MASK,
+    PROBE_METRICS,
+    SCRATCH,
+    SEGMENTATION,
+    TRACKING,
     Cell,
+    Downstream,
     datasource_epochs,
     ensure_parent,
     table_cells,
+    table_probe_cells,
     table_source,
-    table_trackers,
-    tracker_of,
-    tracker_paths,
 )
 
 CELL_COLUMNS = ["source", "method", "epochs", "heldout_loss", "between_frame_share", "within_frame_share",
@@ -41,12 +44,23 @@ MARKDOWN_COLUMNS = {
 
 
 # Scores each benchmark protocol reports: GOT-10k AO / SR as fractions (the got10k toolkit),
-# LaSOT / TNL2K / TrackingNet AUC / P / P_norm in percent (pytracking).
-TRACKING_SCORES = {
+# LaSOT / TNL2K / TrackingNet AUC / P / P_norm in percent (pytracking), DAVIS J&F / J / F as
+# fractions (the DAVIS protocol). Fractions are printed x 100 in markdown, as the paper does.
+SCORES = {
     "got10k": (("ao", "AO"), ("sr50", "SR0.5"), ("sr75", "SR0.75")),
     "ope": (("auc", "AUC"), ("precision", "P"), ("norm_precision", "P_norm")),
+    "davis": (("jf", "J&F"), ("j", "J"), ("f", "F")),
 }
-TRACKER_ROWS = {SCRATCH: "No pre-training", FIRST_BOX: "First-frame box (trivial tracker)"}
+FRACTION_PROTOCOLS = {"got10k", "davis"}
+PROBE_SCORES = (("jf", "J&F"),)  # the probe's column: {benchmark}_probe_jf
+BASELINE_ROWS = {SCRATCH: "No pre-training", FIRST_BOX: "First-frame box (trivial tracker)",
+                 FIRST_MASK: "First-frame mask (trivial segmenter)"}
+
+
+def _protocol(format: str) -> str:
+    if format == "got10k":
+        return "got10k"
+    return "davis" if format in SEGMENTATION_FORMATS else "ope"
 
 
 class MissingResultError(FileNotFoundError):
@@ -70,40 +84,75 @@ def _cell_rows(cells: list[Cell]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
 
 
-def _tracking_scores(config: Config, tracker: str) -> dict:
-    """``{benchmark}_{score}`` of one tracker on every evaluated benchmark that could be scored here
-    (a split without ground truth, such as GOT-10k test, leaves its cells absent)."""
+def _scores_of(path: Path, prefix: str, keys, missing: str) -> dict:
+    """``{prefix}{score}`` of one metrics.json a rule wrote, or nothing when its split could not be
+    scored here (GOT-10k test, DAVIS test-dev: result files for the evaluation server only)."""
+    if not path.is_file():
+        raise MissingResultError(f"{path}: {missing}")
+    metrics = json.loads(path.read_text())
+    if not metrics["scored"]:
+        return {}
+    return {f"{prefix}{key}": metrics[key] for key, _ in keys or SCORES[_protocol(metrics["format"])]}
+
+
+def _downstream_scores(config: Config, task: Downstream, name: str) -> dict:
+    """``{benchmark}_{score}`` of one tracker or segmenter on every benchmark of <section>.evaluate."""
     scores = {}
-    for benchmark in config.tracking.evaluate:
-        path = Path(tracker_paths(TRACKING_METRICS, tracker, benchmark))
-        if not path.is_file():
-            raise MissingResultError(f"{path}: no tracking result for {tracker} on {benchmark}; run evaluate_tracker")
-        metrics = json.loads(path.read_text())
-        if not metrics["scored"]:
-            continue
-        protocol = "got10k" if metrics["format"] == "got10k" else "ope"
-        for key, _ in TRACKING_SCORES[protocol]:
-            scores[f"{benchmark}_{key}"] = metrics[key]
+    for benchmark in task.settings(config).evaluate:
+        scores.update(_scores_of(Path(task.paths(task.metrics, name, benchmark)), f"{benchmark}_", None,
+                                 f"no {task.section} result for {name} on {benchmark}; run evaluate_{task.wildcard}"))
     return scores
 
 
-def _tracking_header(config: Config, column: str) -> str | None:
-    for benchmark, bench in config.tracking.benchmarks.items():
-        protocol = "got10k" if bench.format == "got10k" else "ope"
-        for key, label in TRACKING_SCORES[protocol]:
-            if column == f"{benchmark}_{key}":
-                return f"{benchmark} {label}" + (" (%)" if protocol == "got10k" else "")
-    return None
+def _probe_scores(config: Config, cell: Cell) -> dict:
+    """``{benchmark}_probe_jf`` of one cell's frozen encoder on every segmentation.evaluate benchmark."""
+    scores = {}
+    for benchmark in config.segmentation.evaluate:
+        scores.update(_scores_of(Path(cell.paths(PROBE_METRICS, benchmark=benchmark)), f"{benchmark}_probe_",
+                                 PROBE_SCORES, f"no probe result for cell {cell.name} on {benchmark}; run probe"))
+    return scores
 
 
-def _with_tracking(config: Config, frame: pd.DataFrame, cells: list[Cell], table: str) -> pd.DataFrame:
-    """The cells' rows with their trackers' scores, below the baseline rows of the table."""
-    trackers = table_trackers(config, table)
-    if not trackers:
+def _score_headers(config: Config) -> dict[str, str]:
+    """Markdown header of every score column the configured benchmarks can give."""
+    headers = {}
+    benchmarks = [*config.tracking.benchmarks.items(), *config.segmentation.benchmarks.items()]
+    for benchmark, bench in benchmarks:
+        protocol = _protocol(bench.format)
+        unit = " (%)" if protocol in FRACTION_PROTOCOLS else ""
+        for key, label in SCORES[protocol]:
+            headers[f"{benchmark}_{key}"] = f"{benchmark} {label}{unit}"
+    for benchmark in config.segmentation.benchmarks:
+        for key, label in PROBE_SCORES:
+            headers[f"{benchmark}_probe_{key}"] = f"{benchmark} probe {label} (%)"
+    return headers
+
+
+def _with_downstream(config: Config, frame: pd.DataFrame, cells: list[Cell], table: str) -> pd.DataFrame:
+    """The cells' rows with their trackers', segmenters' and probe's scores, below the table's
+    baseline rows (no pretraining: both scratch models in one row; the trivial tracker and segmenter)."""
+    tasks = [(task, task.table_models(config, table)) for task in DOWNSTREAM]
+    tasks = [(task, models) for task, models in tasks if models]
+    probed = table_probe_cells(config, table)
+    if not tasks and not probed:
         return frame
-    scores = pd.DataFrame([_tracking_scores(config, tracker_of(cell)) for cell in cells], index=frame.index)
-    frame = pd.concat([frame, scores], axis=1)
-    baselines = [{"method": TRACKER_ROWS[t], **_tracking_scores(config, t)} for t in trackers if t in TRACKER_ROWS]
+    rows = []
+    for cell in cells:
+        row = {}
+        for task, _ in tasks:
+            row.update(_downstream_scores(config, task, cell.name))
+        if cell in probed:
+            row.update(_probe_scores(config, cell))
+        rows.append(row)
+    frame = pd.concat([frame, pd.DataFrame(rows, index=frame.index)], axis=1)
+    baselines = []
+    for name, label in BASELINE_ROWS.items():
+        holders = [task for task, models in tasks if name in models]
+        if holders:
+            row = {"method": label}
+            for task in holders:
+                row.update(_downstream_scores(config, task, name))
+            baselines.append(row)
     if baselines:
         frame = pd.concat([pd.DataFrame(baselines), frame], ignore_index=True)
         # Baseline rows have no epochs or steps: keep these columns integer (nullable), not float.
@@ -113,15 +162,15 @@ def _with_tracking(config: Config, frame: pd.DataFrame, cells: list[Cell], table
 
 
 def _markdown(frame: pd.DataFrame, title: str, notes: list[str], config: Config | None = None) -> str:
-    tracking = {c: _tracking_header(config, c) for c in frame.columns} if config is not None else {}
-    tracking = {c: h for c, h in tracking.items() if h}
-    shown = frame[[c for c in MARKDOWN_COLUMNS if c in frame.columns] + list(tracking)].copy()
-    for column, header in tracking.items():
-        if header.endswith("(%)"):  # the paper prints GOT-10k AO / SR in percent
+    headers = _score_headers(config) if config is not None else {}
+    scores = {c: headers[c] for c in frame.columns if c in headers}
+    shown = frame[[c for c in MARKDOWN_COLUMNS if c in frame.columns] + list(scores)].copy()
+    for column, header in scores.items():
+        if header.endswith("(%)"):  # the paper prints GOT-10k AO / SR and DAVIS J&F in percent
             shown[column] = shown[column] * 100
-    shown = shown.rename(columns=tracking)
+    shown = shown.rename(columns=scores)
     if "method" in shown:
-        shown["method"] = shown["method"].map(lambda m: m if m in TRACKER_ROWS.values() else display_name(m))
+        shown["method"] = shown["method"].map(lambda m: m if m in BASELINE_ROWS.values() else display_name(m))
     if "checkpoint_sha256" in shown:
         shown["checkpoint_sha256"] = shown["checkpoint_sha256"].str[:12]
     shown = shown.rename(columns=MARKDOWN_COLUMNS)
@@ -137,32 +186,44 @@ def _write(frame: pd.DataFrame, csv_path: str | Path, md_path: str | Path, title
     ensure_parent(md_path).write_text(_markdown(frame, title, notes, config))
 
 
-TRACKING_NOTE = ("Tracking: DropTrack fine-tuned from each checkpoint (tracking.preset), run over "
-                 "tracking.evaluate; GOT-10k-format benchmarks: AO / SR as the got10k toolkit computes them "
-                 "(shown x 100); LaSOT / TNL2K / TrackingNet: AUC / P / P_norm in pytracking's convention.")
-
-
 MEASURED = ("Held-out loss: masked-patch reconstruction loss on held-out pairs (eval mode, fixed masks). "
             "Between/within-frame attn.: share of a decoder query's attention mass on the other frame / "
             "its own frame, averaged over layers, heads and query locations.")
+TRACKING_NOTE = ("Tracking: DropTrack fine-tuned from each checkpoint (tracking.preset), run over "
+                 "tracking.evaluate; GOT-10k-format benchmarks: AO / SR as the got10k toolkit computes them "
+                 "(shown x 100); LaSOT / TNL2K / TrackingNet: AUC / P / P_norm in pytracking's convention.")
+SEGMENTATION_NOTE = ("Segmentation: DropSeg fine-tuned from each checkpoint (segmentation.preset), every frame "
+                     "segmented from the first frame and its mask over segmentation.evaluate; J&F, J, F as the DAVIS "
+                     "protocol computes them (first and last frames excluded; shown x 100). Probe J&F: label "
+                     "propagation with the frozen pretraining encoder (segmentation.probe), no fine-tuning.")
+
+
+def _notes(config: Config, table: str) -> list[str]:
+    """The measured quantities, and a note on each downstream task the table shows."""
+    notes = [MEASURED]
+    if TRACKING.table_models(config, table):
+        notes.append(TRACKING_NOTE)
+    if SEGMENTATION.table_models(config, table) or table_probe_cells(config, table):
+        notes.append(SEGMENTATION_NOTE)
+    return notes
 
 
 def table_pretraining(config: Config, csv_path, md_path) -> pd.DataFrame:
     """Method x epochs on one source, like the paper's pretraining comparison."""
     cells = table_cells(config, "pretraining")
-    frame = _with_tracking(config, _cell_rows(cells), cells, "pretraining")
+    frame = _with_downstream(config, _cell_rows(cells), cells, "pretraining")
     _write(frame, csv_path, md_path, f"Pretraining comparison on {table_source(config)}",
-           [MEASURED, TRACKING_NOTE, "Segmentation (J&F) columns are added by their stage."], config)
+           _notes(config, "pretraining"), config)
     return frame
 
 
 def table_datasources(config: Config, csv_path, md_path) -> pd.DataFrame:
     """One row per data source for one method and epoch budget, like the paper's data-sources table."""
     cells = table_cells(config, "datasources")
-    frame = _with_tracking(config, _cell_rows(cells), cells, "datasources")
+    frame = _with_downstream(config, _cell_rows(cells), cells, "datasources")
     method = display_name(config.analysis.datasource_method)
     _write(frame, csv_path, md_path, f"Pretraining data sources ({method}, {datasource_epochs(config)} epochs)",
-           [MEASURED, TRACKING_NOTE], config)
+           _notes(config, "datasources"), config)
     return frame
 
 

@@ -1,0 +1,82 @@
+# DropSeg: one segmenter fine-tuned per pretraining cell (and one from no pretraining), each run
+# over every segmentation.evaluate split from the first frame and its mask, scored with the DAVIS
+# protocol (J&F); the first-frame-mask segmenter is the floor. The probe scores each pretraining
+# checkpoint itself by label propagation with its frozen encoder. The fine-tuning is a submitit
+# job (launcher.finetune); the rule waits for it. The demo benchmark's DAVIS copy comes from the
+# demo_benchmark rule (rules/tracking.smk).
+
+
+rule finetune_segmenter:
+    input:
+        unpack(finetune_inputs(layout.SEGMENTATION)),
+    output:
+        model=layout.SEGMENTER_MODEL,
+        summary=layout.SEGMENTER_SUMMARY,
+    log:
+        layout.log_path("finetune_segmenter", "{segmenter}"),
+    params:
+        signature=lambda wildcards: as_json(stages.segmenter_signature(PARAMS, wildcards.segmenter)),
+    wildcard_constraints:
+        segmenter=TRAINED_PATTERN,
+    threads: PARAMS.launcher.finetune.cpus_per_task if PARAMS.launcher.executor == "local" else 1
+    localrule: True
+    conda:
+        "envs/dropmae.yaml"
+    script:
+        "../workflow_scripts/finetune_segmenter.py"
+
+
+rule evaluate_segmenter:
+    input:
+        unpack(evaluate_inputs(layout.SEGMENTATION)),
+    output:
+        metrics=layout.SEGMENTATION_METRICS,
+        overlay=layout.SEGMENTATION_OVERLAY,
+        raw=directory(layout.SEGMENTATION_RAW),
+    log:
+        layout.log_path("evaluate_segmenter", "{segmenter}/{benchmark}"),
+    params:
+        evaluate=lambda wildcards: as_json(
+            {
+                "benchmark": PARAMS.segmentation.benchmarks[wildcards.benchmark],
+                "split": PARAMS.segmentation.evaluate[wildcards.benchmark],
+                **{key: getattr(PARAMS.segmentation, key) for key in stages.SEGMENTATION_TEST_KEYS},
+            }
+        ),
+    wildcard_constraints:
+        benchmark=SEGMENTATION_BENCHMARKS,
+    threads: PARAMS.launcher.evaluate.cpus
+    resources:
+        **job_resources("evaluate"),
+    conda:
+        "envs/dropmae.yaml"
+    script:
+        "../workflow_scripts/evaluate_segmenter.py"
+
+
+rule probe:
+    input:
+        unpack(probe_inputs),
+    output:
+        metrics=layout.PROBE_METRICS,
+        overlay=layout.PROBE_OVERLAY,
+        raw=directory(layout.PROBE_RAW),
+    log:
+        layout.log_path("probe", "{source}/{method}_ep{epochs}/{benchmark}"),
+    params:
+        probe=lambda wildcards: as_json(
+            {
+                "benchmark": PARAMS.segmentation.benchmarks[wildcards.benchmark],
+                "split": PARAMS.segmentation.evaluate[wildcards.benchmark],
+                "settings": PARAMS.segmentation.probe,
+            }
+        ),
+    wildcard_constraints:
+        benchmark=SEGMENTATION_BENCHMARKS,
+    threads: PARAMS.launcher.evaluate.cpus
+    resources:
+        **job_resources("evaluate"),
+    conda:
+        "envs/dropmae.yaml"
+    script:
+        "../workflow_scripts/probe.py"
