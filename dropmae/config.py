@@ -479,19 +479,24 @@ def validate(config: Config) -> Config:
     return config
 
 
+def _validate_benchmark_sets(prefix: str, section: Any, formats: tuple[str, ...]) -> None:
+    """A downstream section's benchmarks (known format, safe name), and train / evaluate sets naming them."""
+    for name, bench in section.benchmarks.items():
+        _require(bench.format in formats, f"{prefix}.benchmarks.{name}.format", f"must be one of {list(formats)}", bench.format)
+        _require(name.replace("_", "").replace("-", "").isalnum(), f"{prefix}.benchmarks.{name}", "benchmark names are letters, digits, - and _", name)
+    for part in ("train", "evaluate"):
+        for name in getattr(section, part):
+            _require(name in section.benchmarks, f"{prefix}.{part}.{name}", f"must name one of {prefix}.benchmarks {sorted(section.benchmarks)}", name)
+    for name, train_set in section.train.items():
+        _require(train_set.weight > 0, f"{prefix}.train.{name}.weight", "must be positive", train_set.weight)
+
+
 def _validate_tracking(config: Config) -> None:
     t = config.tracking
     from dropmae.tracking.presets import TRACKING_PRESETS
 
     _require(t.preset is None or t.preset in TRACKING_PRESETS, "tracking.preset", f"must be one of {sorted(TRACKING_PRESETS)} or null", t.preset)
-    for name, bench in t.benchmarks.items():
-        _require(bench.format in TRACKING_FORMATS, f"tracking.benchmarks.{name}.format", f"must be one of {list(TRACKING_FORMATS)}", bench.format)
-        _require(name.replace("_", "").replace("-", "").isalnum(), f"tracking.benchmarks.{name}", "benchmark names are letters, digits, - and _", name)
-    for section in ("train", "evaluate"):
-        for name in getattr(t, section):
-            _require(name in t.benchmarks, f"tracking.{section}.{name}", f"must name one of tracking.benchmarks {sorted(t.benchmarks)}", name)
-    for name, train_set in t.train.items():
-        _require(train_set.weight > 0, f"tracking.train.{name}.weight", "must be positive", train_set.weight)
+    _validate_benchmark_sets("tracking", t, TRACKING_FORMATS)
     for name in t.evaluate:
         _require(t.benchmarks[name].format != "coco", f"tracking.evaluate.{name}", "COCO has image pairs, not sequences to track", name)
     for key in ("template_size", "search_size"):
@@ -519,14 +524,7 @@ def _validate_segmentation(config: Config) -> None:
     from dropmae.segmentation.presets import SEGMENTATION_PRESETS
 
     _require(s.preset is None or s.preset in SEGMENTATION_PRESETS, "segmentation.preset", f"must be one of {sorted(SEGMENTATION_PRESETS)} or null", s.preset)
-    for name, bench in s.benchmarks.items():
-        _require(bench.format in SEGMENTATION_FORMATS, f"segmentation.benchmarks.{name}.format", f"must be one of {list(SEGMENTATION_FORMATS)}", bench.format)
-        _require(name.replace("_", "").replace("-", "").isalnum(), f"segmentation.benchmarks.{name}", "benchmark names are letters, digits, - and _", name)
-    for section in ("train", "evaluate"):
-        for name in getattr(s, section):
-            _require(name in s.benchmarks, f"segmentation.{section}.{name}", f"must name one of segmentation.benchmarks {sorted(s.benchmarks)}", name)
-    for name, train_set in s.train.items():
-        _require(train_set.weight > 0, f"segmentation.train.{name}.weight", "must be positive", train_set.weight)
+    _validate_benchmark_sets("segmentation", s, SEGMENTATION_FORMATS)
     _require(s.image_size > 0 and s.image_size % config.model.patch_size == 0, "segmentation.image_size",
              f"must be a positive multiple of model.patch_size ({config.model.patch_size})", s.image_size)
     for key in ("max_frame_skip", "epochs", "samples_per_epoch", "batch_size", "lr", "decoder_channels", "log_every_steps"):
@@ -580,20 +578,14 @@ def check_data_paths(config: Config, root: str | Path = ".") -> None:
         if not path.exists():
             raise ConfigError(f"data.sources.{name}.videos: {source.videos} does not exist "
                               "(a video tree root or a CSV list of videos)")
-    t = config.tracking
-    for name in {*t.train, *t.evaluate}:
-        bench = t.benchmarks[name]
-        if bench.root == DEMO_TRACKING_BENCHMARK or bench.root.startswith(DEMO_TRACKING_BENCHMARK + "/"):
-            continue
-        if not (Path(root) / bench.root).exists():
-            raise ConfigError(f"tracking.benchmarks.{name}.root: {bench.root} does not exist (a {bench.format} benchmark folder)")
-    s = config.segmentation
-    for name in {*s.train, *s.evaluate}:
-        bench = s.benchmarks[name]
-        if bench.root == DEMO_SEGMENTATION_BENCHMARK or bench.root.startswith(DEMO_TRACKING_BENCHMARK + "/"):
-            continue
-        if not (Path(root) / bench.root).exists():
-            raise ConfigError(f"segmentation.benchmarks.{name}.root: {bench.root} does not exist (a {bench.format} benchmark folder)")
+    # The demo benchmark (both layouts) is built by the DAG, so it need not exist yet.
+    for prefix, section in (("tracking", config.tracking), ("segmentation", config.segmentation)):
+        for name in {*section.train, *section.evaluate}:
+            bench = section.benchmarks[name]
+            if bench.root == DEMO_TRACKING_BENCHMARK or bench.root.startswith(DEMO_TRACKING_BENCHMARK + "/"):
+                continue
+            if not (Path(root) / bench.root).exists():
+                raise ConfigError(f"{prefix}.benchmarks.{name}.root: {bench.root} does not exist (a {bench.format} benchmark folder)")
 
 
 def config_from_dict(values: dict) -> Config:

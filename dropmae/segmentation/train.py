@@ -17,13 +17,18 @@ import torch
 
 from dropmae.config import Config, config_to_dict
 from dropmae.engine.checkpoint import load_checkpoint
-from dropmae.engine.distributed import init_distributed
-from dropmae.engine.loop import LoopSettings, TrainingOutcome, TrainingTask, resolve_device, run_training
-from dropmae.seeding import derive_seed
-from dropmae.segmentation.datasets import SegmentationSequence, read_segmentation_benchmark
+from dropmae.engine.finetune import finetune_downstream
+from dropmae.engine.loop import TrainingOutcome, TrainingTask
+from dropmae.segmentation.datasets import (
+    SegmentationSequence,
+    read_segmentation_benchmark,
+)
 from dropmae.segmentation.losses import bootstrap_fraction, bootstrapped_cross_entropy
 from dropmae.segmentation.model import DropSeg, LoadReport, dropseg_from_checkpoint
-from dropmae.segmentation.processing import SegmentationCropSettings, SegmentationPairDataset
+from dropmae.segmentation.processing import (
+    SegmentationCropSettings,
+    SegmentationPairDataset,
+)
 
 
 def segmenter_model_arguments(config: Config) -> dict:
@@ -103,13 +108,6 @@ class SegmenterTask(TrainingTask):
                 "architecture": {"encoder": self.model.encoder, "patch_size": self.model.patch_size}}
 
 
-def segmentation_loop_settings(config: Config) -> LoopSettings:
-    s = config.segmentation
-    return LoopSettings(epochs=s.epochs, batch_size=s.batch_size, num_workers=s.num_workers, seed=s.seed,
-                        precision=s.precision, checkpoint_every_steps=s.checkpoint_every_steps,
-                        log_every_steps=s.log_every_steps, grad_clip_norm=s.grad_clip_norm or None)
-
-
 def finetune_segmenter(
     config: Config,
     pretrained: str | Path | None,
@@ -121,23 +119,17 @@ def finetune_segmenter(
     progress: bool = True,
 ) -> TrainingOutcome:
     """Fine-tune (or resume) a segmenter from ``pretrained`` (None: no pretraining) into ``output_dir``."""
-    context = init_distributed()
-    device = resolve_device(device)
-    if device.type == "cuda":
-        device = torch.device("cuda", context.local_rank)
-    # Data first: a missing or malformed benchmark stops the run before the model is built.
-    sets = segmentation_training_sets(config)
-    torch.manual_seed(derive_seed(config.segmentation.seed, context.rank))
-    model, report = build_segmenter_model(config, pretrained)
-    if report is not None and context.is_main:
-        print(f"{name}: {report.summary()}")
-    model = model.to(device)
-    dataset = SegmentationPairDataset(sets, config.segmentation.samples_per_epoch,
-                                      SegmentationCropSettings.from_config(config.segmentation),
-                                      seed=config.segmentation.seed)
-    task = SegmenterTask(config, model, dataset, name, None if pretrained is None else str(pretrained))
-    return run_training(task, segmentation_loop_settings(config), output_dir, context, device,
-                        stop_after_steps=stop_after_steps, progress=progress)
+    s = config.segmentation
+    return finetune_downstream(
+        s,
+        read_data=lambda: segmentation_training_sets(config),
+        build_model=lambda: build_segmenter_model(config, pretrained),
+        build_task=lambda model, sets: SegmenterTask(
+            config, model,
+            SegmentationPairDataset(sets, s.samples_per_epoch, SegmentationCropSettings.from_config(s), seed=s.seed),
+            name, None if pretrained is None else str(pretrained)),
+        output_dir=output_dir, name=name, device=device, stop_after_steps=stop_after_steps, progress=progress,
+    )
 
 
 def load_finetuned_segmenter(path: str | Path, device: str | torch.device = "cpu") -> tuple[DropSeg, Config]:

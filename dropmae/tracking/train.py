@@ -16,9 +16,8 @@ import torch
 
 from dropmae.config import Config, config_to_dict
 from dropmae.engine.checkpoint import load_checkpoint
-from dropmae.engine.distributed import init_distributed
-from dropmae.engine.loop import LoopSettings, TrainingOutcome, TrainingTask, resolve_device, run_training
-from dropmae.seeding import derive_seed
+from dropmae.engine.finetune import finetune_downstream
+from dropmae.engine.loop import TrainingOutcome, TrainingTask
 from dropmae.tracking.datasets import TrackingSequence, read_benchmark
 from dropmae.tracking.losses import tracking_loss
 from dropmae.tracking.model import DropTrack, LoadReport, droptrack_from_checkpoint
@@ -122,13 +121,6 @@ class TrackerTask(TrainingTask):
                 "architecture": {"encoder": self.model.encoder, "patch_size": self.model.patch_size}}
 
 
-def tracking_loop_settings(config: Config) -> LoopSettings:
-    t = config.tracking
-    return LoopSettings(epochs=t.epochs, batch_size=t.batch_size, num_workers=t.num_workers, seed=t.seed,
-                        precision=t.precision, checkpoint_every_steps=t.checkpoint_every_steps,
-                        log_every_steps=t.log_every_steps, grad_clip_norm=t.grad_clip_norm or None)
-
-
 def finetune_tracker(
     config: Config,
     pretrained: str | Path | None,
@@ -140,22 +132,16 @@ def finetune_tracker(
     progress: bool = True,
 ) -> TrainingOutcome:
     """Fine-tune (or resume) a tracker from ``pretrained`` (None: no pretraining) into ``output_dir``."""
-    context = init_distributed()
-    device = resolve_device(device)
-    if device.type == "cuda":
-        device = torch.device("cuda", context.local_rank)
-    # Data first: a missing or malformed benchmark stops the run before the model is built.
-    sets = training_sequences(config)
-    torch.manual_seed(derive_seed(config.tracking.seed, context.rank))
-    model, report = build_tracker_model(config, pretrained)
-    if report is not None and context.is_main:
-        print(f"{name}: {report.summary()}")
-    model = model.to(device)
-    dataset = TrackingPairDataset(sets, config.tracking.samples_per_epoch, CropSettings.from_config(config.tracking),
-                                  seed=config.tracking.seed)
-    task = TrackerTask(config, model, dataset, name, None if pretrained is None else str(pretrained))
-    return run_training(task, tracking_loop_settings(config), output_dir, context, device,
-                        stop_after_steps=stop_after_steps, progress=progress)
+    t = config.tracking
+    return finetune_downstream(
+        t,
+        read_data=lambda: training_sequences(config),
+        build_model=lambda: build_tracker_model(config, pretrained),
+        build_task=lambda model, sets: TrackerTask(
+            config, model, TrackingPairDataset(sets, t.samples_per_epoch, CropSettings.from_config(t), seed=t.seed),
+            name, None if pretrained is None else str(pretrained)),
+        output_dir=output_dir, name=name, device=device, stop_after_steps=stop_after_steps, progress=progress,
+    )
 
 
 def load_finetuned_tracker(path: str | Path, device: str | torch.device = "cpu") -> tuple[DropTrack, Config]:
