@@ -231,8 +231,6 @@ class TrackingConfig:
 
 
 SEGMENTATION_FORMATS = ("davis2017", "davis2016", "youtube_vos")
-# The demo benchmark's DAVIS-layout copy (same pseudo-sequences as the tracking demo).
-DEMO_SEGMENTATION_BENCHMARK = DEMO_TRACKING_BENCHMARK + "/davis"
 
 
 @dataclass(frozen=True)

@@ -102,11 +102,11 @@ def test_davis_layout_has_palette_masks_with_object_indices(built):
                 assert mask.mode == "P" and mask.size == SETTINGS.frame_size
                 assert mask.getpalette()[:30] == palette[:30]
                 first = np.array(mask)
-            assert set(np.unique(first)) == {0, 1}  # one object, visible in frame 0
+            assert set(np.unique(first)) == {0, 1, 2}  # the default two objects, both visible in frame 0
             cover = _labels(root / "got10k" / split / name, "cover")
             for png, level in zip(pngs, cover):
                 indices = np.array(Image.open(png))
-                assert set(np.unique(indices)) <= {0, 1}
+                assert set(np.unique(indices)) <= {0, 1, 2}
                 assert (indices == 1).any() == (level > 0)
 
 
@@ -127,6 +127,13 @@ def test_boxes_are_the_full_target_mask_clipped_to_the_image(built, sources):
             assert sequence.cut_by_image[t] == (sequence.target_pixels[t] > full.sum())
             covered_frames += sequence.covered_pixels[t] > 0
     assert covered_frames > 0
+
+    # The target is drawn over the other objects: without an occluder it is never covered.
+    clear = replace(settings, occlusion_probability=0.0)
+    for index in range(3):
+        sequence = render_sequence(bank, clips, clear, np.random.default_rng(index))
+        assert (sequence.masks[0] == 2).any()
+        np.testing.assert_array_equal(sequence.masks == 1, sequence.target_full_masks)
 
     # On disk: wherever the target is fully visible, the box is that of its mask in the PNG.
     root, _ = built

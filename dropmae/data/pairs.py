@@ -21,10 +21,11 @@ import decord
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import get_worker_info
 from torchvision.transforms import InterpolationMode, v2
 
 from dropmae.data.extract import frame_path, read_manifest
+from dropmae.data.sampler import EpochSeededDataset
 from dropmae.data.video_index import VideoEntry, index_videos
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -88,7 +89,7 @@ def _item_seeds(seed: int, epoch: int, index: int) -> tuple[np.random.Generator,
     return np.random.default_rng(pair_sequence), int(augment_sequence.generate_state(1, np.uint64)[0])
 
 
-class _PairDatasetBase(Dataset):
+class _PairDatasetBase(EpochSeededDataset):
     """Shared epoch/seed/rank handling and the deterministic per-item recipe."""
 
     frame_counts: list[int]  # frames of each video, set by the subclass
@@ -101,12 +102,6 @@ class _PairDatasetBase(Dataset):
         self.augmentation = PairAugmentation(input_size, crop_scale=crop_scale, shared_crop=shared_crop)
         self.seed = seed
         self.epoch = 0
-        self.rank = rank
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def set_rank(self, rank: int) -> None:
         self.rank = rank
 
     def __len__(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
 from dropmae.seeding import derive_seed
 
@@ -57,3 +57,21 @@ class ResumableEpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.samples_per_rank - self.start
+
+
+class EpochSeededDataset(Dataset):
+    """A dataset whose items are a pure function of (seed, epoch, [rank,] index).
+
+    The training loop calls ``set_epoch`` before each epoch and ``set_rank`` once; with
+    DataLoader workers the dataset object is copied into each worker at iteration start,
+    so both must be set before iterating.
+    """
+
+    epoch: int = 0
+    rank: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_rank(self, rank: int) -> None:
+        self.rank = rank

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from dropmae.data.name_list import read_name_list
 from dropmae.tracking.datasets import natural_sort_key
 
 SEGMENTATION_FORMATS = ("davis2017", "davis2016", "youtube_vos")
@@ -249,28 +250,6 @@ def _list_files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
     return [folder / name for name in sorted(names, key=natural_sort_key)]
 
 
-def _read_sequence_list(path: Path) -> list[tuple[int, str]]:
-    """(line number, name) of each non-blank line of a sequence list; repeats and an empty list are errors."""
-    if not path.is_file():
-        raise SegmentationDataError(f"{path}: sequence list file is missing")
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as error:
-        raise SegmentationDataError(f"{path}: not UTF-8 text ({error})") from None
-    entries, seen = [], {}
-    for number, line in enumerate(lines, start=1):
-        name = line.strip()
-        if not name:
-            continue
-        if name in seen:
-            raise SegmentationDataError(f"{path}:{number}: sequence {name!r} already listed on line {seen[name]}")
-        seen[name] = number
-        entries.append((number, name))
-    if not entries:
-        raise SegmentationDataError(f"{path}: lists no sequences")
-    return entries
-
-
 def _read_davis2016_pair_list(path: Path) -> list[tuple[int, str]]:
     """Sequence names, in first-seen order, of the original DAVIS-2016 list of
     ``/JPEGImages/480p/<seq>/<frame>.jpg /Annotations/480p/<seq>/<frame>.png`` lines."""
@@ -361,7 +340,7 @@ def read_davis(
     root = _require_folder(Path(root), "DAVIS root")
     list_file = root / "ImageSets" / year / f"{split}.txt"
     if year == "2017" or list_file.is_file():
-        entries = _read_sequence_list(list_file)
+        entries = read_name_list(list_file, SegmentationDataError)
     else:
         pair_list = root / "ImageSets" / resolution / f"{split}.txt"  # the original DAVIS-2016 download
         if not pair_list.is_file():

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
-from torch.utils.data import Dataset
 
+from dropmae.data.sampler import EpochSeededDataset
 from dropmae.segmentation.datasets import (
     VOID_LABEL,
     SegmentationDataError,
@@ -222,7 +222,7 @@ def color_jitter(
     return tensor.permute(1, 2, 0).numpy()
 
 
-class SegmentationPairDataset(Dataset):
+class SegmentationPairDataset(EpochSeededDataset):
     """``samples_per_epoch`` DropSeg training pairs from a weighted mixture of segmentation sets.
 
     ``sets``: (name, sequences, weight). Item i of epoch e on rank r: set ~ weights, sequence
@@ -269,12 +269,6 @@ class SegmentationPairDataset(Dataset):
     def max_skip(self, sequence: SegmentationSequence) -> int:
         """``max_frame_skip`` in frame indices of ``sequence`` (YouTube-VOS: video frames // 5, at least 1)."""
         return max(1, self.settings.max_frame_skip // FRAME_STEP.get(sequence.dataset, 1))
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def set_rank(self, rank: int) -> None:
-        self.rank = rank
 
     def __len__(self) -> int:
         return self.samples_per_epoch

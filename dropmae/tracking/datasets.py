@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dropmae.data.name_list import read_name_list
+
 BENCHMARKS = ("got10k", "lasot", "trackingnet", "tnl2k", "coco")
 
 GOT10K_SPLITS = ("train", "val", "test")
@@ -185,24 +187,6 @@ def read_label_file(path: str | os.PathLike, allowed_values: Iterable[int] | Non
     return labels
 
 
-def _read_name_list(path: Path) -> list[tuple[int, str]]:
-    """(line number, name) of each non-blank line of a sequence list file; repeats are errors."""
-    if not path.is_file():
-        raise TrackingDataError(f"{path}: sequence list file is missing")
-    entries, seen = [], {}
-    for number, line in enumerate(_read_lines(path), start=1):
-        name = line.strip()
-        if not name:
-            continue
-        if name in seen:
-            raise TrackingDataError(f"{path}:{number}: sequence {name!r} already listed on line {seen[name]}")
-        seen[name] = number
-        entries.append((number, name))
-    if not entries:
-        raise TrackingDataError(f"{path}: lists no sequences")
-    return entries
-
-
 def _read_language(path: Path) -> str | None:
     """The sentence describing the target, or None when the file is absent or blank."""
     if not path.is_file():
@@ -328,7 +312,7 @@ def read_got10k(root: str | os.PathLike, split: str) -> list[TrackingSequence]:
         raise TrackingDataError(f"{list_file}: GOT-10k list file is missing (every split ships list.txt)")
     every_frame = split != "test"
     sequences = []
-    for number, name in _read_name_list(list_file):
+    for number, name in read_name_list(list_file, TrackingDataError):
         sequence_dir = split_dir / name
         if not sequence_dir.is_dir():
             raise TrackingDataError(f"{list_file}:{number}: sequence folder {sequence_dir} does not exist")
@@ -390,7 +374,7 @@ def read_lasot(root: str | os.PathLike, split: str = "test") -> list[TrackingSeq
         names = list(found)
     elif split_file.is_file():
         test_names = []
-        for number, name in _read_name_list(split_file):
+        for number, name in read_name_list(split_file, TrackingDataError):
             if name not in found:
                 raise TrackingDataError(f"{split_file}:{number}: sequence {name!r} not found under {root}")
             test_names.append(name)

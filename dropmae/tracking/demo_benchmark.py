@@ -98,7 +98,9 @@ class DemoBenchmarkSettings:
     val_sequences: int = 16  # sequences in got10k/val (and DAVIS val)
     frames_per_sequence: int = 40  # frames of every sequence; longer than a clip: the clip plays back and forth
     frame_size: tuple[int, int] = (128, 96)  # (width, height) of every frame
-    objects_per_sequence: int = 1  # annotated objects; object 1 is the tracking target, later ones are drawn on top
+    # annotated objects (DAVIS has several per sequence); object 1 is the tracking target and is drawn
+    # over the others, so they are distractors around it and only the occluder ever covers it
+    objects_per_sequence: int = 2
     # box side sqrt(w*h) at scale 1, as a fraction of the frame scale
     object_size_range: tuple[float, float] = (0.24, 0.36)
     scale_range: tuple[float, float] = (0.7, 1.4)  # the size varies smoothly within these factors of the base size
@@ -488,9 +490,11 @@ def _render_attempt(
     with_occluder = bool(rng.random() < settings.occlusion_probability)
     chosen = _pick_textures(bank, target_choices, settings.objects_per_sequence + with_occluder, rng)
     object_indices, occluder_index = chosen[: settings.objects_per_sequence], chosen[-1] if with_occluder else None
-    layers = [_object_layer(bank[index], label, settings, rng) for label, index in enumerate(object_indices, start=1)]
+    annotated = [_object_layer(bank[index], label, settings, rng) for label, index in enumerate(object_indices, start=1)]
+    # Drawing order: objects 2.. first, then the target over them, then the occluder over everything.
+    layers = annotated[1:] + annotated[:1]
     if occluder_index is not None:
-        layers.append(_occluder_layer(bank[occluder_index], layers[0], settings, rng))
+        layers.append(_occluder_layer(bank[occluder_index], annotated[0], settings, rng))
 
     margin = 1 + math.ceil(3 * settings.feather_sigma)  # room on the local canvas for the feathered edge
     masks = np.zeros((frames, height, width), dtype=np.uint8)
@@ -564,7 +568,8 @@ def render_sequence(
     """Render one pseudo-sequence; everything random comes from ``rng``.
 
     Object 1 (the target, drawn from ``target_choices``, default the whole bank) and any
-    further objects move independently; later objects and the occluder are drawn on top.
+    further objects move independently; the target is drawn over the further objects and
+    the occluder over everything.
     Redraws (from the same ``rng``) until every object is at least MIN_FIRST_FRAME_VISIBLE
     visible in frame 0 and the target has pixels inside the image in every frame.
     """

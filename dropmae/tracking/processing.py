@@ -16,9 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from dropmae.data.pairs import IMAGENET_MEAN, IMAGENET_STD
+from dropmae.data.sampler import EpochSeededDataset
 from dropmae.tracking.datasets import TrackingSequence
 
 # A drawn pair is redrawn (with the same item generator) when its crops are unusable; after
@@ -127,7 +127,7 @@ def _valid_boxes(boxes: np.ndarray) -> np.ndarray:
     return np.isfinite(boxes).all(axis=1) & (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
 
 
-class TrackingPairDataset(Dataset):
+class TrackingPairDataset(EpochSeededDataset):
     """``samples_per_epoch`` (template, search) pairs drawn from a weighted mixture of sequence sets.
 
     Item i of epoch e: set ~ weights, sequence ~ uniform, frames ~ :func:`sample_frame_pair`,
@@ -151,12 +151,6 @@ class TrackingPairDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.rank = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def set_rank(self, rank: int) -> None:
-        self.rank = rank
 
     def __len__(self) -> int:
         return self.samples_per_epoch
