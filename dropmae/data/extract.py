@@ -62,6 +62,7 @@ class ExtractionSettings:
     workers: int = 2  # parallel processes
     max_bad_fraction: float = 0.1  # fail the run only if more than this share of videos is unusable
     val_fraction: float = 0.0  # share of videos marked split="val" by a stable hash of video_id
+    pack: bool = False  # also pack the frames into shards + an index for training reads (dropmae.data.packed)
 
     def validate(self) -> None:
         """Raise ValueError naming the first field out of range."""
@@ -72,6 +73,7 @@ class ExtractionSettings:
             "workers": isinstance(self.workers, int) and self.workers >= 1,
             "max_bad_fraction": 0.0 <= self.max_bad_fraction <= 1.0,
             "val_fraction": 0.0 <= self.val_fraction < 1.0,
+            "pack": isinstance(self.pack, bool),
         }
         allowed = {
             "short_side": "a positive int or None",
@@ -80,6 +82,7 @@ class ExtractionSettings:
             "workers": "an int >= 1",
             "max_bad_fraction": "in [0, 1]",
             "val_fraction": "in [0, 1)",
+            "pack": "true or false",
         }
         for field, ok in checks.items():
             if not ok:
@@ -464,4 +467,8 @@ def extract_frames(
             f"max_bad_fraction={settings.max_bad_fraction:.1%}; manifest: {manifest_path}\n"
             f"first failures:\n{_failure_summary(manifest)}"
         )
+    if settings.pack:
+        from dropmae.data.packed import pack_frames  # numpy only; kept out of the worker processes' imports
+
+        pack_frames(out_dir)
     return read_manifest(out_dir)

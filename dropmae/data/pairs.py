@@ -25,6 +25,7 @@ from torch.utils.data import get_worker_info
 from torchvision.transforms import InterpolationMode, v2
 
 from dropmae.data.extract import frame_path, read_manifest
+from dropmae.data.packed import PackedIndex, PackedReader
 from dropmae.data.sampler import EpochSeededDataset
 from dropmae.data.video_index import VideoEntry, index_videos
 
@@ -52,6 +53,10 @@ class PairAugmentation:
     By default crop and flip are drawn independently for each frame (as in the
     authors' code); ``shared_crop=True`` applies the same crop box and flip to both.
     Randomness comes from torch's global RNG.
+
+    ``normalize=False`` stops at the uint8 crops: a quarter of the bytes through the
+    DataLoader's shared memory and the host-to-device copy; :func:`normalize_frames` then
+    finishes on the device with the same operations, so the floats are the same.
     """
 
     def __init__(
@@ -60,27 +65,38 @@ class PairAugmentation:
         crop_scale: tuple[float, float] = (0.2, 1.0),
         hflip: bool = True,
         shared_crop: bool = False,
+        normalize: bool = True,
     ) -> None:
         self.input_size = input_size
         self.shared_crop = shared_crop
-        self.transform = v2.Compose(
-            [
-                v2.RandomResizedCrop(input_size, scale=crop_scale, interpolation=InterpolationMode.BICUBIC),
-                v2.RandomHorizontalFlip(p=0.5 if hflip else 0.0),
-                v2.ToImage(),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-            ]
-        )
+        steps = [
+            v2.RandomResizedCrop(input_size, scale=crop_scale, interpolation=InterpolationMode.BICUBIC),
+            v2.RandomHorizontalFlip(p=0.5 if hflip else 0.0),
+            v2.ToImage(),
+        ]
+        if normalize:
+            steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        self.transform = v2.Compose(steps)
 
     def __call__(self, first: Image.Image, second: Image.Image) -> torch.Tensor:
-        """float32 tensor [2, 3, input_size, input_size]."""
+        """[2, 3, input_size, input_size]: float32, or uint8 with ``normalize=False``."""
         if self.shared_crop:
             # v2 transforms draw their parameters once per call for all inputs.
             first_view, second_view = self.transform(first, second)
         else:
             first_view, second_view = self.transform(first), self.transform(second)
-        return torch.stack([first_view, second_view])
+        return torch.stack([first_view, second_view]).as_subclass(torch.Tensor)
+
+
+def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 crops [..., 3, H, W] (anywhere, e.g. on the GPU) -> the float32 the augmentation would give.
+
+    Float input is returned as it is, so a task accepts either kind of batch.
+    """
+    if frames.is_floating_point():
+        return frames
+    scaled = v2.functional.to_dtype(frames, torch.float32, scale=True)
+    return v2.functional.normalize(scaled, list(IMAGENET_MEAN), list(IMAGENET_STD))
 
 
 def _item_seeds(seed: int, epoch: int, index: int) -> tuple[np.random.Generator, int]:
@@ -158,6 +174,25 @@ class FramePairDataset(_PairDatasetBase):
         return tuple(
             Image.open(frame_path(self.frames_root, video_id, frame)).convert("RGB") for frame in (first, second)
         )
+
+
+class PackedFramePairDataset(FramePairDataset):
+    """The pairs of :class:`FramePairDataset` (same videos, same sampling, same pixels) read from the
+    packed shards of the extraction folder (:mod:`dropmae.data.packed`), returned as uint8 crops
+    for :func:`normalize_frames` on the device.
+    """
+
+    def __init__(self, frames_root: str | Path, input_size: int, max_gap: int = 50, split: str | None = "train",
+                 crop_scale: tuple[float, float] = (0.2, 1.0), shared_crop: bool = False, seed: int = 0,
+                 rank: int = 0) -> None:
+        super().__init__(frames_root, input_size, max_gap, split, crop_scale, shared_crop, seed, rank)
+        self.augmentation = PairAugmentation(input_size, crop_scale=crop_scale, shared_crop=shared_crop,
+                                             normalize=False)
+        self.reader = PackedReader(PackedIndex.load(self.frames_root))
+
+    def _load_pair(self, index: int, first: int, second: int) -> tuple[Image.Image, Image.Image]:
+        video_id = self.video_ids[index]
+        return self.reader.read_image(video_id, first), self.reader.read_image(video_id, second)
 
 
 class VideoFramePairDataset(_PairDatasetBase):

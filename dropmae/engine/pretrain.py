@@ -15,7 +15,7 @@ from timm.optim import param_groups_weight_decay
 from torch.utils.data import Dataset
 
 from dropmae.config import Config, PretrainRun, config_to_dict
-from dropmae.data.pairs import FramePairDataset, VideoFramePairDataset
+from dropmae.data.pairs import FramePairDataset, PackedFramePairDataset, VideoFramePairDataset, normalize_frames
 from dropmae.engine.distributed import init_distributed
 from dropmae.engine.loop import (  # noqa: F401  (re-exported: the pretraining API predates the loop)
     METRICS_LOG,
@@ -51,7 +51,7 @@ def build_model(config: Config, run: PretrainRun) -> DropMAE:
 
 
 def build_pair_dataset(config: Config, data_path: str | Path, split: str = "train") -> Dataset:
-    """Frame pairs from an extraction folder (input: frames) or from videos (input: video)."""
+    """Frame pairs from an extraction folder (input: frames or packed) or from videos (input: video)."""
     p = config.pretrain
     common = dict(
         input_size=config.model.img_size,
@@ -62,6 +62,8 @@ def build_pair_dataset(config: Config, data_path: str | Path, split: str = "trai
     )
     if p.input == "frames":
         return FramePairDataset(data_path, split=split, **common)
+    if p.input == "packed":
+        return PackedFramePairDataset(data_path, split=split, **common)
     return VideoFramePairDataset(data_path, **common)
 
 
@@ -97,7 +99,7 @@ class PretrainTask(TrainingTask):
         return learning_rate_at(epoch_progress, self.peak_lr, p.min_lr, p.warmup_epochs, self.run.epochs)
 
     def compute_loss(self, model, frames):
-        loss, _, _ = model(frames)
+        loss, _, _ = model(normalize_frames(frames))  # packed input arrives as uint8 crops
         return loss, {}
 
     def describe_data(self) -> str:

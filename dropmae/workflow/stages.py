@@ -25,7 +25,7 @@ RUN_ARTIFACTS = ("checkpoint-*.pth", "log.jsonl", "summary.json")
 # written under other values of these is resumed as it is.
 OPERATIONAL_KEYS = {
     "pretrain": {"methods", "epochs", "num_workers", "keep_epochs", "checkpoint_every_steps", "log_every_steps"},
-    "data.extraction": {"workers", "max_bad_fraction"},
+    "data.extraction": {"workers", "max_bad_fraction", "pack"},  # a pack holds the same bytes as the frames
 }
 
 # The analysis settings an analyse job depends on (rule params and dvc.yaml params).
@@ -109,8 +109,8 @@ def sha256_of(path: str | Path) -> str:
 
 
 def pretrain_data_path(config: Config, cell: Cell) -> str:
-    """Extracted frames (pretrain.input: frames) or the source's videos (pretrain.input: video)."""
-    if config.pretrain.input == "frames":
+    """Extracted frames (pretrain.input: frames or packed) or the source's videos (pretrain.input: video)."""
+    if config.pretrain.input in ("frames", "packed"):
         return frames_dir(config, cell.source)
     return config.data.sources[cell.source].videos
 
