@@ -17,8 +17,6 @@ a GPU; DropMAE/TwinMAE step time <= 1.25 on CPU and <= 1.03 on a GPU.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
@@ -30,6 +28,7 @@ from dropmae.models.asad import (
     reference_asad_drop_mask,
 )
 from dropmae.models.dropmae import DropMAE
+from timing import interleaved_times, time_call  # benchmarks/timing.py
 
 
 def authors_style_asad_drop_mask(logits: torch.Tensor, tokens_per_frame: int, p: float) -> torch.Tensor:
@@ -52,40 +51,6 @@ def authors_style_asad_drop_mask(logits: torch.Tensor, tokens_per_frame: int, p:
     rows = torch.arange(batch * heads, device=logits.device)[:, None].expand_as(picked)
     drop_mask[rows, picked] = True
     return drop_mask.view(batch, heads, length, length)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_call(fn, device: torch.device, repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn`` in seconds."""
-    for _ in range(warmup):
-        fn()
-    _synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def interleaved_times(functions: dict, device: torch.device, repeats: int) -> dict[str, float]:
-    """Median times of several functions measured in alternation, so drift hits all alike."""
-    for fn in functions.values():
-        fn()
-    _synchronize(device)
-    samples = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, fn in functions.items():
-            start = time.perf_counter()
-            fn()
-            _synchronize(device)
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def bench_mask(device: torch.device, batch: int, heads: int, tokens_per_frame: int, p: float, repeats: int) -> None:

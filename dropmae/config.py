@@ -78,7 +78,7 @@ class PretrainConfig:
     frame_gap: int = 50
     shared_crop: bool = False
     crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
-    input: str = "frames"  # read pairs from extracted frames or decode the videos directly
+    input: str = "frames"  # extracted frames (files or packed shards) or decode the videos directly
     batch_size: int = 64  # per process
     accum_iter: int = 1
     blr: float = 1.5e-4  # lr = blr * effective batch / 256
@@ -86,6 +86,7 @@ class PretrainConfig:
     weight_decay: float = 0.05
     warmup_epochs: int = 40
     precision: str = "auto"  # bf16 on GPU and fp32 on CPU when auto
+    compile: bool = False  # torch.compile the training model (the same computation, fused kernels)
     num_workers: int = 10
     seed: int = 0
     keep_epochs: list[int] = field(default_factory=list)  # epochs whose checkpoint is kept besides -last

@@ -96,8 +96,8 @@ def test_davis_layout_has_palette_masks_with_object_indices(built):
             pngs = sorted((davis / "Annotations" / "480p" / name).iterdir())
             assert [p.name for p in jpegs] == [f"{i:05d}.jpg" for i in range(SETTINGS.frames_per_sequence)]
             assert [p.name for p in pngs] == [f"{i:05d}.png" for i in range(SETTINGS.frames_per_sequence)]
-            # The DAVIS frames are the GOT-10k frames, byte for byte.
-            assert jpegs[3].read_bytes() == (root / "got10k" / split / name / "00000004.jpg").read_bytes()
+            with Image.open(jpegs[3]) as frame:
+                assert frame.size == SETTINGS.frame_size
             with Image.open(pngs[0]) as mask:
                 assert mask.mode == "P" and mask.size == SETTINGS.frame_size
                 assert mask.getpalette()[:30] == palette[:30]
@@ -108,6 +108,26 @@ def test_davis_layout_has_palette_masks_with_object_indices(built):
                 indices = np.array(Image.open(png))
                 assert set(np.unique(indices)) <= {0, 1, 2}
                 assert (indices == 1).any() == (level > 0)
+
+
+def test_tracking_copy_is_the_same_for_any_number_of_objects(tmp_path, demo_tree):
+    one = build_demo_benchmark(demo_tree, tmp_path / "one", replace(TINY, objects_per_sequence=1))
+    three = build_demo_benchmark(demo_tree, tmp_path / "three", replace(TINY, objects_per_sequence=3))
+    assert one == three  # the summary describes the tracking target only
+    files_one, files_three = _files(tmp_path / "one"), _files(tmp_path / "three")
+    # Everything but meta_info.ini, which names the DAVIS copy's other objects.
+    got10k = [path for path in files_one if path.startswith("got10k/") and not path.endswith("meta_info.ini")]
+    assert got10k and all(files_one[path] == files_three[path] for path in got10k)
+    davis_jpegs = [path for path in files_one if path.startswith("davis/JPEGImages")]
+    # One object: the DAVIS frames are the GOT-10k frames byte for byte; three: the others show.
+    for path in davis_jpegs:
+        split = "train" if "Train" in path else "val"
+        name, frame = Path(path).parent.name, int(Path(path).stem)
+        assert files_one[path] == files_one[f"got10k/{split}/{name}/{frame + 1:08d}.jpg"]
+    assert sum(files_one[path] != files_three[path] for path in davis_jpegs) > len(davis_jpegs) // 2
+    for path in (p for p in files_three if p.startswith("davis/Annotations") and p.endswith("00000.png")):
+        with Image.open(tmp_path / "three" / path) as mask:
+            assert set(np.unique(np.array(mask))) == {0, 1, 2, 3}
 
 
 def test_boxes_are_the_full_target_mask_clipped_to_the_image(built, sources):

@@ -73,6 +73,7 @@ class LoopSettings:
     log_every_steps: int = 20
     keep_epochs: tuple[int, ...] = ()  # epochs whose checkpoint is kept besides -last
     grad_clip_norm: float | None = None  # clip the global gradient norm (None or 0: no clipping)
+    compile: bool = False  # torch.compile the (DDP-wrapped) model used for the training steps
 
 
 class TrainingTask:
@@ -227,6 +228,8 @@ def run_training(
     train_model = model
     if context.enabled:
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if s.compile:  # compiled after wrapping, so DDP's bucketed all-reduce is split into the graph
+        train_model = torch.compile(train_model)
 
     log = _MetricsLog(output_dir / METRICS_LOG, context.is_main)
     if context.is_main and start_epoch == 0 and start_step == 0:

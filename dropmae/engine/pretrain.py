@@ -71,8 +71,8 @@ def pretrain_loop_settings(config: Config, run: PretrainRun) -> LoopSettings:
     p = config.pretrain
     return LoopSettings(
         epochs=run.epochs, batch_size=p.batch_size, accum_iter=p.accum_iter, num_workers=p.num_workers, seed=p.seed,
-        precision=p.precision, checkpoint_every_steps=p.checkpoint_every_steps, log_every_steps=p.log_every_steps,
-        keep_epochs=tuple(p.keep_epochs),
+        precision=p.precision, compile=p.compile, checkpoint_every_steps=p.checkpoint_every_steps,
+        log_every_steps=p.log_every_steps, keep_epochs=tuple(p.keep_epochs),
     )
 
 

@@ -98,8 +98,9 @@ class DemoBenchmarkSettings:
     val_sequences: int = 16  # sequences in got10k/val (and DAVIS val)
     frames_per_sequence: int = 40  # frames of every sequence; longer than a clip: the clip plays back and forth
     frame_size: tuple[int, int] = (128, 96)  # (width, height) of every frame
-    # annotated objects (DAVIS has several per sequence); object 1 is the tracking target and is drawn
-    # over the others, so they are distractors around it and only the occluder ever covers it
+    # annotated objects of the DAVIS copy (DAVIS has several per sequence). Object 1 is the tracking
+    # target, drawn over the others; the GOT-10k copy shows it alone (with the occluder), as
+    # GOT-10k's single-object frames do, and is the same for any value here.
     objects_per_sequence: int = 2
     # box side sqrt(w*h) at scale 1, as a fraction of the frame scale
     object_size_range: tuple[float, float] = (0.24, 0.36)
@@ -205,8 +206,9 @@ class BackgroundClip:
 class PseudoSequence:
     """One rendered sequence. T frames of height H and width W."""
 
-    frames: np.ndarray  # [T, H, W, 3] uint8
+    frames: np.ndarray  # [T, H, W, 3] uint8: every object (the DAVIS copy)
     masks: np.ndarray  # [T, H, W] uint8: 0 background, k where object k is visible (object_ids[k-1] == k)
+    tracking_frames: np.ndarray  # [T, H, W, 3] uint8: object 1 and the occluder only (the GOT-10k copy)
     object_ids: tuple[int, ...]  # (1, ..., n); object 1 is the tracking target
     boxes: np.ndarray  # [T, 4] float64 x, y, w, h of object 1's full (unoccluded) mask clipped to the image
     target_full_masks: np.ndarray  # [T, H, W] bool: object 1's full mask inside the image, occluders ignored
@@ -476,34 +478,34 @@ def _occluder_layer(
     return _Layer(_prepare_texture(texture, *size, flip), centres, np.tile(size, (frames, 1)), label=0)
 
 
-def _render_attempt(
-    bank: Sequence[ObjectTexture],
-    backgrounds: Sequence[BackgroundClip],
-    settings: DemoBenchmarkSettings,
-    rng: np.random.Generator,
-    target_choices: Sequence[int],
-) -> tuple[PseudoSequence, np.ndarray]:
-    """One sequence and the full (unoccluded) pixel count [n] of each annotated object in frame 0."""
-    width, height = settings.frame_size
-    frames = settings.frames_per_sequence
-    background, background_name = _background_frames(backgrounds, frames, settings.frame_size, rng)
-    with_occluder = bool(rng.random() < settings.occlusion_probability)
-    chosen = _pick_textures(bank, target_choices, settings.objects_per_sequence + with_occluder, rng)
-    object_indices, occluder_index = chosen[: settings.objects_per_sequence], chosen[-1] if with_occluder else None
-    annotated = [_object_layer(bank[index], label, settings, rng) for label, index in enumerate(object_indices, start=1)]
-    # Drawing order: objects 2.. first, then the target over them, then the occluder over everything.
-    layers = annotated[1:] + annotated[:1]
-    if occluder_index is not None:
-        layers.append(_occluder_layer(bank[occluder_index], annotated[0], settings, rng))
+@dataclass(frozen=True, eq=False)
+class _Composite:
+    """Layers drawn over a background: the frames, the label masks and object 1's pixel counts."""
 
+    frames: np.ndarray  # [T, H, W, 3] uint8
+    masks: np.ndarray  # [T, H, W] uint8
+    target_full: np.ndarray  # [T, H, W] bool: object 1's full mask inside the image
+    target_pixels: np.ndarray  # [T] int64: object 1's full pixel count, inside the image or not
+    first_frame_pixels: dict[int, int]  # label -> full (uncovered) pixel count in frame 0
+
+    def well_shown(self) -> bool:
+        """Every annotated object at least MIN_FIRST_FRAME_VISIBLE visible in frame 0."""
+        visible = np.bincount(self.masks[0].ravel(), minlength=max(self.first_frame_pixels) + 1)
+        return all(visible[label] >= MIN_FIRST_FRAME_VISIBLE * full for label, full in self.first_frame_pixels.items())
+
+
+def _compose(background: np.ndarray, layers: Sequence[_Layer], settings: DemoBenchmarkSettings) -> _Composite:
+    """Draw ``layers`` in order (later ones cover earlier ones) over ``background`` [T, H, W, 3] float32."""
+    frames, height, width = background.shape[:3]
     margin = 1 + math.ceil(3 * settings.feather_sigma)  # room on the local canvas for the feathered edge
+    canvas_frames = background.copy()
     masks = np.zeros((frames, height, width), dtype=np.uint8)
     target_full = np.zeros((frames, height, width), dtype=bool)
     target_pixels = np.zeros(frames, dtype=np.int64)
-    first_frame_pixels = np.zeros(len(object_indices), dtype=np.int64)
+    first_frame_pixels = {}
     for t in range(frames):  # per-frame, per-layer work is whole-array numpy and cv2
-        canvas, labels = background[t], masks[t]
-        for layer in layers:  # in drawing order: later layers cover earlier ones
+        canvas, labels = canvas_frames[t], masks[t]
+        for layer in layers:
             x0, y0, rgba = _warp_layer(layer, t, margin)
             solid = rgba[..., 3] >= 0.5  # the object's mask; feathering only softens how it is blended
             alpha = rgba[..., 3]
@@ -512,7 +514,7 @@ def _render_attempt(
             if layer.label == 1:
                 target_pixels[t] = solid.sum()
             if t == 0 and layer.label > 0:
-                first_frame_pixels[layer.label - 1] = solid.sum()
+                first_frame_pixels[layer.label] = int(solid.sum())
             left, top = max(x0, 0), max(y0, 0)
             right, bottom = min(x0 + rgba.shape[1], width), min(y0 + rgba.shape[0], height)
             if right <= left or bottom <= top:  # entirely outside the image
@@ -524,24 +526,37 @@ def _render_attempt(
             labels[region][solid[local]] = layer.label
             if layer.label == 1:
                 target_full[t][region] = solid[local]
+    frames_uint8 = np.clip(np.rint(canvas_frames), 0, 255).astype(np.uint8)
+    return _Composite(frames_uint8, masks, target_full, target_pixels, first_frame_pixels)
 
-    in_image = target_full.sum(axis=(1, 2))
-    visible_pixels = (masks == 1).sum(axis=(1, 2)).astype(np.int64)
-    sequence = PseudoSequence(
-        frames=np.clip(np.rint(background), 0, 255).astype(np.uint8),
-        masks=masks,
-        object_ids=tuple(range(1, len(object_indices) + 1)),
-        boxes=_mask_boxes(target_full),
-        target_full_masks=target_full,
-        target_pixels=target_pixels,
-        visible_pixels=visible_pixels,
-        covered_pixels=(in_image - visible_pixels).astype(np.int64),
-        cut_by_image=in_image < target_pixels,
-        object_names=tuple(bank[i].name for i in object_indices),
-        occluder_name=bank[occluder_index].name if occluder_index is not None else None,
-        background_name=background_name,
-    )
-    return sequence, first_frame_pixels
+
+def _render_attempt(
+    bank: Sequence[ObjectTexture],
+    backgrounds: Sequence[BackgroundClip],
+    settings: DemoBenchmarkSettings,
+    rng: np.random.Generator,
+    target_choices: Sequence[int],
+) -> tuple[tuple[np.ndarray, str], list[int], list[_Layer], _Composite]:
+    """The tracking scene: ((background, its name), bank indices, layers, composite) of the target and
+    maybe an occluder, drawn from ``rng`` in a fixed order."""
+    background, background_name = _background_frames(backgrounds, settings.frames_per_sequence,
+                                                      settings.frame_size, rng)
+    with_occluder = bool(rng.random() < settings.occlusion_probability)
+    chosen = _pick_textures(bank, target_choices, 1 + with_occluder, rng)
+    layers = [_object_layer(bank[chosen[0]], 1, settings, rng)]
+    if with_occluder:
+        layers.append(_occluder_layer(bank[chosen[1]], layers[0], settings, rng))
+    return (background, background_name), chosen, layers, _compose(background, layers, settings)
+
+
+def _other_objects(
+    bank: Sequence[ObjectTexture], taken: Sequence[int], settings: DemoBenchmarkSettings, rng: np.random.Generator
+) -> tuple[list[int], list[_Layer]]:
+    """Objects 2..n: textures other than the target's and occluder's while the bank allows, and their layers."""
+    count = settings.objects_per_sequence - 1
+    free = np.array([i for i in range(len(bank)) if i not in taken])
+    indices = [int(i) for i in rng.choice(free, size=count, replace=count > len(free))]
+    return indices, [_object_layer(bank[index], label, settings, rng) for label, index in enumerate(indices, start=2)]
 
 
 def _mask_boxes(masks: np.ndarray) -> np.ndarray:
@@ -567,22 +582,48 @@ def render_sequence(
 ) -> PseudoSequence:
     """Render one pseudo-sequence; everything random comes from ``rng``.
 
-    Object 1 (the target, drawn from ``target_choices``, default the whole bank) and any
-    further objects move independently; the target is drawn over the further objects and
-    the occluder over everything.
-    Redraws (from the same ``rng``) until every object is at least MIN_FIRST_FRAME_VISIBLE
-    visible in frame 0 and the target has pixels inside the image in every frame.
+    The tracking scene comes first: object 1 (the target, drawn from ``target_choices``,
+    default the whole bank) and maybe an occluder over a background clip, redrawn (from
+    the same ``rng``) until the target is at least MIN_FIRST_FRAME_VISIBLE visible in frame 0
+    and has pixels inside the image in every frame. Objects 2..n, drawn afterwards from the
+    same ``rng``, join the segmentation copy beneath the target (so the target's pixels and
+    boxes are the same in both copies), redrawn until each is well shown in frame 0.
+    The tracking scene therefore does not depend on ``objects_per_sequence``.
     """
     settings.validate()
     choices = range(len(bank)) if target_choices is None else target_choices
     if len(choices) == 0:
         raise ValueError("target_choices is empty: no bank object may be the target")
     for _ in range(MAX_RENDER_ATTEMPTS):
-        sequence, first_frame_pixels = _render_attempt(bank, backgrounds, settings, rng, choices)
-        first_visible = np.bincount(sequence.masks[0].ravel(), minlength=len(sequence.object_ids) + 1)[1:]
-        well_shown = np.all(first_visible >= MIN_FIRST_FRAME_VISIBLE * first_frame_pixels)
-        if well_shown and np.all(sequence.target_full_masks.any(axis=(1, 2))):
-            return sequence
+        (background, background_name), chosen, layers, scene = _render_attempt(bank, backgrounds, settings, rng, choices)
+        if not (scene.well_shown() and np.all(scene.target_full.any(axis=(1, 2)))):
+            continue
+        others, composite = [], scene
+        for _ in range(MAX_RENDER_ATTEMPTS if settings.objects_per_sequence > 1 else 0):
+            others, other_layers = _other_objects(bank, chosen, settings, rng)
+            composite = _compose(background, other_layers + layers, settings)  # the target over the others
+            if composite.well_shown():
+                break
+        else:
+            if settings.objects_per_sequence > 1:
+                continue
+        in_image = scene.target_full.sum(axis=(1, 2))
+        visible_pixels = (scene.masks == 1).sum(axis=(1, 2)).astype(np.int64)
+        return PseudoSequence(
+            frames=composite.frames,
+            masks=composite.masks,
+            tracking_frames=scene.frames,
+            object_ids=tuple(range(1, settings.objects_per_sequence + 1)),
+            boxes=_mask_boxes(scene.target_full),
+            target_full_masks=scene.target_full,
+            target_pixels=scene.target_pixels,
+            visible_pixels=visible_pixels,
+            covered_pixels=(in_image - visible_pixels).astype(np.int64),
+            cut_by_image=in_image < scene.target_pixels,
+            object_names=tuple(bank[i].name for i in [chosen[0], *others]),
+            occluder_name=bank[chosen[1]].name if len(chosen) > 1 else None,
+            background_name=background_name,
+        )
     raise RuntimeError(
         f"no valid sequence in {MAX_RENDER_ATTEMPTS} attempts (objects too large for frame_size "
         f"{settings.frame_size}? object_size_range={settings.object_size_range})"
@@ -752,12 +793,15 @@ def _write_benchmark(
         for index, name in enumerate(names):
             rng = np.random.default_rng(np.random.SeedSequence([settings.seed, SPLIT_IDS[split], index]))
             sequence = render_sequence(bank, clips, settings, rng, target_choices=choices)
-            jpegs = [_jpeg_bytes(frame, settings.jpeg_quality) for frame in sequence.frames]
+            jpegs = [_jpeg_bytes(frame, settings.jpeg_quality) for frame in sequence.tracking_frames]
+            davis_jpegs = jpegs
+            if settings.objects_per_sequence > 1:
+                davis_jpegs = [_jpeg_bytes(frame, settings.jpeg_quality) for frame in sequence.frames]
             meta = {
                 "url": "none (rendered by dropmae.tracking.demo_benchmark)",
                 "object_class": texture_class(sequence.object_names[0]),
                 "object_texture": sequence.object_names[0],
-                "other_objects": " ".join(sequence.object_names[1:]) or "none",
+                "davis_other_objects": " ".join(sequence.object_names[1:]) or "none",  # not in these frames
                 "occluder": sequence.occluder_name or "none",
                 "background_video": sequence.background_name,
                 "motion_class": "synthetic",
@@ -765,7 +809,7 @@ def _write_benchmark(
                 "seed": f"{settings.seed} {split} {index}",
             }
             write_got10k_sequence(root / "got10k" / split / name, sequence, jpegs, meta)
-            write_davis_sequence(davis_root, name, sequence, jpegs)
+            write_davis_sequence(davis_root, name, sequence, davis_jpegs)
             statistics.add(split, sequence)
         (root / "got10k" / split / "list.txt").write_text("".join(f"{name}\n" for name in names))
         image_sets = davis_root / "ImageSets" / "2017"

@@ -24,7 +24,8 @@ RUN_ARTIFACTS = ("checkpoint-*.pth", "log.jsonl", "summary.json")
 # Settings that change how a run is executed or logged but not what it computes; a checkpoint
 # written under other values of these is resumed as it is.
 OPERATIONAL_KEYS = {
-    "pretrain": {"methods", "epochs", "num_workers", "keep_epochs", "checkpoint_every_steps", "log_every_steps"},
+    "pretrain": {"methods", "epochs", "num_workers", "keep_epochs", "checkpoint_every_steps", "log_every_steps",
+                 "compile"},
     "data.extraction": {"workers", "max_bad_fraction", "pack"},  # a pack holds the same bytes as the frames
 }
 
