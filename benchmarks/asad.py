@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from timing import interleaved_times, time_call  # benchmarks/timing.py
 
 from dropmae.models.asad import (
     ATTENTION_FLOOR,
@@ -28,7 +29,6 @@ from dropmae.models.asad import (
     reference_asad_drop_mask,
 )
 from dropmae.models.dropmae import DropMAE
-from timing import interleaved_times, time_call  # benchmarks/timing.py
 
 
 def authors_style_asad_drop_mask(logits: torch.Tensor, tokens_per_frame: int, p: float) -> torch.Tensor:

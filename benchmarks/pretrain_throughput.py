@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+from timing import interleaved_times, synchronize  # benchmarks/timing.py
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
@@ -42,10 +43,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from dropmae.config import Config, load_config
 from dropmae.data.extract import ExtractionSettings, extract_frames
 from dropmae.data.packed import pack_frames
-from dropmae.data.pairs import FramePairDataset, PackedFramePairDataset, normalize_frames, seed_worker
+from dropmae.data.pairs import (
+    FramePairDataset,
+    PackedFramePairDataset,
+    normalize_frames,
+    seed_worker,
+)
 from dropmae.demo import build_demo_video_tree
 from dropmae.models.dropmae import DropMAE
-from timing import interleaved_times, synchronize  # benchmarks/timing.py
 
 
 def matmul_roof(device: torch.device, size: int, repeats: int = 10) -> float:

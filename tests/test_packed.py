@@ -14,9 +14,25 @@ import torch
 from torch.utils.data import DataLoader
 
 from dropmae.config import ConfigError, load_config
-from dropmae.data.extract import ExtractionSettings, extract_frames, frame_path, read_manifest
-from dropmae.data.packed import INFO_NAME, PackedFramesError, PackedIndex, PackedReader, pack_frames, packed_dir
-from dropmae.data.pairs import FramePairDataset, PackedFramePairDataset, normalize_frames
+from dropmae.data.extract import (
+    ExtractionSettings,
+    extract_frames,
+    frame_path,
+    read_manifest,
+)
+from dropmae.data.packed import (
+    INFO_NAME,
+    PackedFramesError,
+    PackedIndex,
+    PackedReader,
+    pack_frames,
+    packed_dir,
+)
+from dropmae.data.pairs import (
+    FramePairDataset,
+    PackedFramePairDataset,
+    normalize_frames,
+)
 
 
 @pytest.fixture(scope="module")

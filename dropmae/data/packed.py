@@ -130,7 +130,7 @@ class PackedIndex:
     length: np.ndarray  # [F]
 
     @classmethod
-    def load(cls, frames_root: str | Path) -> "PackedIndex":
+    def load(cls, frames_root: str | Path) -> PackedIndex:
         root = packed_dir(frames_root)
         index_path = root / INDEX_NAME
         if not index_path.is_file():
