@@ -78,6 +78,9 @@ class PretrainConfig:
     frame_gap: int = 50
     shared_crop: bool = False
     crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
+    # pairs drawn per video read (video MAE's repeated sampling); an epoch then yields this many
+    # pairs per video. 1: the recipe's one pair per video per epoch
+    repeated_sampling: int = 1
     input: str = "frames"  # extracted frames (files or packed shards) or decode the videos directly
     batch_size: int = 64  # per process
     accum_iter: int = 1
@@ -436,6 +439,10 @@ def validate(config: Config) -> Config:
     _require(p.input != "packed" or ex.pack, "data.extraction.pack",
              "must be true when pretrain.input is packed (the pack is written by the extraction)", ex.pack)
     _require(p.batch_size > 0, "pretrain.batch_size", "must be positive", p.batch_size)
+    _require(p.repeated_sampling >= 1, "pretrain.repeated_sampling", "must be >= 1", p.repeated_sampling)
+    _require(p.batch_size % p.repeated_sampling == 0, "pretrain.batch_size",
+             f"must be a multiple of pretrain.repeated_sampling ({p.repeated_sampling}): a step reads "
+             "batch_size / repeated_sampling videos", p.batch_size)
     _require(p.accum_iter > 0, "pretrain.accum_iter", "must be positive", p.accum_iter)
     _require(p.blr > 0, "pretrain.blr", "must be positive", p.blr)
     _require(p.min_lr >= 0, "pretrain.min_lr", "must be >= 0", p.min_lr)

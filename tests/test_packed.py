@@ -146,3 +146,35 @@ def test_packed_input_needs_the_extraction_to_pack(tmp_path):
         load_config([], ["pretrain.input=packed"])
     config = load_config([], ["pretrain.input=packed", "data.extraction.pack=true"])
     assert config.pretrain.input == "packed"
+
+
+def test_repeated_sampling_adds_pairs_and_keeps_the_first(packed_frames):
+    single = PackedFramePairDataset(packed_frames, input_size=32, max_gap=6, split=None, seed=4)
+    repeated = PackedFramePairDataset(packed_frames, input_size=32, max_gap=6, split=None, seed=4, repeats=3)
+    for index in range(3):
+        pairs = repeated[index]
+        assert pairs.shape == (3, 2, 3, 32, 32)
+        assert torch.equal(pairs[0], single[index])  # repeat 0 is the recipe's pair
+        assert repeated.pair_indices(index, 0) == single.pair_indices(index)
+        assert not torch.equal(pairs[1], pairs[2])
+    draws = {repeated.pair_indices(index, repeat) for index in range(len(repeated)) for repeat in range(3)}
+    assert len(draws) > len(repeated)
+
+
+def test_repeated_sampling_trains_on_pairs_not_videos(frames_root, tmp_path):
+    import json
+
+    from conftest import tiny_config
+
+    from dropmae.config import PretrainRun
+    from dropmae.engine.pretrain import pretrain
+
+    with pytest.raises(ConfigError, match="pretrain.batch_size: must be a multiple of pretrain.repeated_sampling"):
+        load_config([], ["pretrain.batch_size=3", "pretrain.repeated_sampling=2"])
+    plain = pretrain(tiny_config(epochs=[1]), PretrainRun("dropmae", 1), frames_root, tmp_path / "a", progress=False)
+    repeated = pretrain(tiny_config(epochs=[1], repeated_sampling=2), PretrainRun("dropmae", 1), frames_root,
+                        tmp_path / "b", progress=False)
+    # batch_size 2 pairs per step: one video per step with 2 repeats, so twice the steps per epoch.
+    assert repeated.global_step == 2 * plain.global_step
+    start = json.loads((tmp_path / "b" / "log.jsonl").read_text().splitlines()[0])
+    assert start["effective_batch"] == 2 and start["steps_per_epoch"] == repeated.global_step

@@ -99,9 +99,13 @@ def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
     return v2.functional.normalize(scaled, list(IMAGENET_MEAN), list(IMAGENET_STD))
 
 
-def _item_seeds(seed: int, epoch: int, index: int) -> tuple[np.random.Generator, int]:
-    """(numpy generator for the pair indices, torch seed for the augmentation) of one item."""
-    pair_sequence, augment_sequence = np.random.SeedSequence([seed, epoch, index]).spawn(2)
+def _item_seeds(seed: int, epoch: int, index: int, repeat: int = 0) -> tuple[np.random.Generator, int]:
+    """(numpy generator for the pair indices, torch seed for the augmentation) of one pair.
+
+    Repeat 0 is the one pair of an item without repeated sampling; repeats 1.. add draws.
+    """
+    key = [seed, epoch, index] if repeat == 0 else [seed, epoch, index, repeat]
+    pair_sequence, augment_sequence = np.random.SeedSequence(key).spawn(2)
     return np.random.default_rng(pair_sequence), int(augment_sequence.generate_state(1, np.uint64)[0])
 
 
@@ -111,10 +115,13 @@ class _PairDatasetBase(EpochSeededDataset):
     frame_counts: list[int]  # frames of each video, set by the subclass
 
     def __init__(self, input_size: int, max_gap: int, crop_scale: tuple[float, float], shared_crop: bool,
-                 seed: int, rank: int) -> None:
+                 seed: int, rank: int, repeats: int = 1) -> None:
         if max_gap < 2:
             raise ValueError(f"max_gap must be >= 2, got {max_gap}")
+        if repeats < 1:
+            raise ValueError(f"repeats (pairs per video read) must be >= 1, got {repeats}")
         self.max_gap = max_gap
+        self.repeats = repeats
         self.augmentation = PairAugmentation(input_size, crop_scale=crop_scale, shared_crop=shared_crop)
         self.seed = seed
         self.epoch = 0
@@ -123,24 +130,32 @@ class _PairDatasetBase(EpochSeededDataset):
     def __len__(self) -> int:
         return len(self.frame_counts)
 
-    def _load_pair(self, index: int, first: int, second: int) -> tuple[Image.Image, Image.Image]:
+    def _load_frames(self, index: int, frames: list[int]) -> list[Image.Image]:
+        """The RGB images of frames ``frames`` of video ``index``, in that order."""
         raise NotImplementedError
 
-    def pair_indices(self, index: int) -> tuple[int, int]:
-        """Frame indices of item ``index`` in the current epoch (no decoding)."""
-        rng, _ = _item_seeds(self.seed, self.epoch, index)
+    def pair_indices(self, index: int, repeat: int = 0) -> tuple[int, int]:
+        """Frame indices of pair ``repeat`` of item ``index`` in the current epoch (no decoding)."""
+        rng, _ = _item_seeds(self.seed, self.epoch, index, repeat)
         return sample_frame_pair(self.frame_counts[index], self.max_gap, rng)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        """float32 [2, 3, S, S]: the earlier frame first."""
-        rng, torch_seed = _item_seeds(self.seed, self.epoch, index)
-        first, second = sample_frame_pair(self.frame_counts[index], self.max_gap, rng)
-        first_image, second_image = self._load_pair(index, first, second)
-        with torch.random.fork_rng(devices=[]):  # leave the caller's torch RNG untouched
-            # The CPU generator only: torch.manual_seed also queues seeding of every lazy
-            # accelerator backend, with a stack trace each, a tenth of an item's time here.
-            torch.random.default_generator.manual_seed(torch_seed)
-            return self.augmentation(first_image, second_image)
+        """[2, 3, S, S], the earlier frame first; with ``repeats`` k > 1, k pairs of the video [k, 2, 3, S, S].
+
+        float32, or uint8 crops when the augmentation does not normalise.
+        """
+        seeds = [_item_seeds(self.seed, self.epoch, index, repeat) for repeat in range(self.repeats)]
+        pairs = [sample_frame_pair(self.frame_counts[index], self.max_gap, rng) for rng, _ in seeds]
+        wanted = sorted({frame for pair in pairs for frame in pair})
+        images = dict(zip(wanted, self._load_frames(index, wanted)))  # one read of the video for all pairs
+        views = []
+        for (first, second), (_, torch_seed) in zip(pairs, seeds):
+            with torch.random.fork_rng(devices=[]):  # leave the caller's torch RNG untouched
+                # The CPU generator only: torch.manual_seed also queues seeding of every lazy
+                # accelerator backend, with a stack trace each, a tenth of an item's time here.
+                torch.random.default_generator.manual_seed(torch_seed)
+                views.append(self.augmentation(images[first], images[second]))
+        return views[0] if self.repeats == 1 else torch.stack(views)
 
 
 class FramePairDataset(_PairDatasetBase):
@@ -159,8 +174,9 @@ class FramePairDataset(_PairDatasetBase):
         shared_crop: bool = False,
         seed: int = 0,
         rank: int = 0,
+        repeats: int = 1,
     ) -> None:
-        super().__init__(input_size, max_gap, crop_scale, shared_crop, seed, rank)
+        super().__init__(input_size, max_gap, crop_scale, shared_crop, seed, rank, repeats)
         self.frames_root = Path(frames_root)
         manifest = read_manifest(self.frames_root)
         usable = manifest[(manifest["status"] == "ok") & (manifest["frame_count"] >= 2)]
@@ -171,11 +187,9 @@ class FramePairDataset(_PairDatasetBase):
         self.video_ids: list[str] = usable["video_id"].tolist()
         self.frame_counts: list[int] = [int(count) for count in usable["frame_count"]]
 
-    def _load_pair(self, index: int, first: int, second: int) -> tuple[Image.Image, Image.Image]:
+    def _load_frames(self, index: int, frames: list[int]) -> list[Image.Image]:
         video_id = self.video_ids[index]
-        return tuple(
-            Image.open(frame_path(self.frames_root, video_id, frame)).convert("RGB") for frame in (first, second)
-        )
+        return [Image.open(frame_path(self.frames_root, video_id, frame)).convert("RGB") for frame in frames]
 
 
 class PackedFramePairDataset(FramePairDataset):
@@ -186,15 +200,14 @@ class PackedFramePairDataset(FramePairDataset):
 
     def __init__(self, frames_root: str | Path, input_size: int, max_gap: int = 50, split: str | None = "train",
                  crop_scale: tuple[float, float] = (0.2, 1.0), shared_crop: bool = False, seed: int = 0,
-                 rank: int = 0) -> None:
-        super().__init__(frames_root, input_size, max_gap, split, crop_scale, shared_crop, seed, rank)
+                 rank: int = 0, repeats: int = 1) -> None:
+        super().__init__(frames_root, input_size, max_gap, split, crop_scale, shared_crop, seed, rank, repeats)
         self.augmentation = PairAugmentation(input_size, crop_scale=crop_scale, shared_crop=shared_crop,
                                              normalize=False)
         self.reader = PackedReader(PackedIndex.load(self.frames_root))
 
-    def _load_pair(self, index: int, first: int, second: int) -> tuple[Image.Image, Image.Image]:
-        video_id = self.video_ids[index]
-        return self.reader.read_image(video_id, first), self.reader.read_image(video_id, second)
+    def _load_frames(self, index: int, frames: list[int]) -> list[Image.Image]:
+        return [self.reader.read_image(self.video_ids[index], frame) for frame in frames]
 
 
 class VideoFramePairDataset(_PairDatasetBase):
@@ -213,8 +226,9 @@ class VideoFramePairDataset(_PairDatasetBase):
         shared_crop: bool = False,
         seed: int = 0,
         rank: int = 0,
+        repeats: int = 1,
     ) -> None:
-        super().__init__(input_size, max_gap, crop_scale, shared_crop, seed, rank)
+        super().__init__(input_size, max_gap, crop_scale, shared_crop, seed, rank, repeats)
         entries = list(source) if isinstance(source, list) else index_videos(source)
         self.entries: list[VideoEntry] = []
         self.frame_counts: list[int] = []
@@ -241,13 +255,13 @@ class VideoFramePairDataset(_PairDatasetBase):
         if not self.entries:
             raise ValueError("no usable videos: every video was skipped")
 
-    def _load_pair(self, index: int, first: int, second: int) -> tuple[Image.Image, Image.Image]:
+    def _load_frames(self, index: int, frames: list[int]) -> list[Image.Image]:
         path = self.entries[index].path
         try:
-            frames = decord.VideoReader(str(path), num_threads=1).get_batch([first, second]).asnumpy()
+            decoded = decord.VideoReader(str(path), num_threads=1).get_batch(frames).asnumpy()
         except Exception as error:
-            raise RuntimeError(f"{path}: decoding frames {first} and {second} failed: {error}") from error
-        return Image.fromarray(frames[0]), Image.fromarray(frames[1])
+            raise RuntimeError(f"{path}: decoding frames {frames} failed: {error}") from error
+        return [Image.fromarray(frame) for frame in decoded]
 
 
 def seed_worker(worker_id: int) -> None:

@@ -59,6 +59,7 @@ def build_pair_dataset(config: Config, data_path: str | Path, split: str = "trai
         crop_scale=tuple(p.crop_scale),
         shared_crop=p.shared_crop,
         seed=p.seed,
+        repeats=p.repeated_sampling,
     )
     if p.input == "frames":
         return FramePairDataset(data_path, split=split, **common)
@@ -70,7 +71,8 @@ def build_pair_dataset(config: Config, data_path: str | Path, split: str = "trai
 def pretrain_loop_settings(config: Config, run: PretrainRun) -> LoopSettings:
     p = config.pretrain
     return LoopSettings(
-        epochs=run.epochs, batch_size=p.batch_size, accum_iter=p.accum_iter, num_workers=p.num_workers, seed=p.seed,
+        # The loader's batch counts videos; each gives pretrain.repeated_sampling pairs.
+        epochs=run.epochs, batch_size=p.batch_size // p.repeated_sampling, accum_iter=p.accum_iter, num_workers=p.num_workers, seed=p.seed,
         precision=p.precision, compile=p.compile, checkpoint_every_steps=p.checkpoint_every_steps,
         log_every_steps=p.log_every_steps, keep_epochs=tuple(p.keep_epochs),
     )
@@ -99,6 +101,8 @@ class PretrainTask(TrainingTask):
         return learning_rate_at(epoch_progress, self.peak_lr, p.min_lr, p.warmup_epochs, self.run.epochs)
 
     def compute_loss(self, model, frames):
+        if frames.dim() == 6:  # repeated sampling: [videos, pairs per video, 2, C, H, W]
+            frames = frames.flatten(0, 1)
         loss, _, _ = model(normalize_frames(frames))  # packed input arrives as uint8 crops
         return loss, {}
 
