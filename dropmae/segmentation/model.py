@@ -36,6 +36,7 @@ from dropmae.tracking.model import (
     CheckpointMismatchError,
     LoadReport,
     _model_section,
+    init_encoder_weights,
     load_pretrained_encoder,
 )
 
@@ -185,15 +186,7 @@ class DropSeg(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # The pretraining model's initialisation (a model trained from scratch starts the same way).
-        weight = self.patch_embed.proj.weight
-        nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
-        nn.init.normal_(self.frame_embed, std=0.02)
-        for module in self.blocks.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_encoder_weights(self)
         # Zero mask embedding: a fresh model's reference tokens are the pretrained encoder's.
         nn.init.zeros_(self.mask_embed.proj.weight)
         nn.init.zeros_(self.mask_embed.proj.bias)

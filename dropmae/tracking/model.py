@@ -47,7 +47,23 @@ def _layer_norm(dim: int, **factory_kwargs) -> nn.LayerNorm:
     return nn.LayerNorm(dim, eps=1e-6, **factory_kwargs)
 
 
+def init_encoder_weights(model: nn.Module) -> None:
+    """The pretraining model's encoder initialisation, for a downstream model trained from scratch.
+
+    ``model`` has ``patch_embed``, ``frame_embed`` and ``blocks`` (DropTrack, DropSeg).
+    """
+    weight = model.patch_embed.proj.weight
+    nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
+    nn.init.normal_(model.frame_embed, std=0.02)
+    for module in model.blocks.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
 # ------------------------------------------------------------------------ backbone layers
+
 class CandidateEliminationAttention(Attention):
     """timm self-attention that can also report how much chosen queries attend to every key.
 
@@ -269,15 +285,7 @@ class DropTrack(nn.Module):
         self._init_encoder_weights()
 
     def _init_encoder_weights(self) -> None:
-        # The pretraining model's initialisation (a tracker trained from scratch starts the same way).
-        weight = self.patch_embed.proj.weight
-        nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
-        nn.init.normal_(self.frame_embed, std=0.02)
-        for module in self.blocks.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_encoder_weights(self)
 
     # ------------------------------------------------------------------------- stages
     def embed(self, template: torch.Tensor, search: torch.Tensor) -> torch.Tensor:
