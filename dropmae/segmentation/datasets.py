@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from dropmae.data.name_list import read_name_list
-from dropmae.tracking.datasets import natural_sort_key
+from dropmae.tracking.datasets import natural_sort_key, visible_file_names
 
 SEGMENTATION_FORMATS = ("davis2017", "davis2016", "youtube_vos")
 
@@ -237,14 +237,7 @@ def _require_folder(folder: Path, what: str) -> Path:
 def _list_files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
     """Files of ``folder`` with one of ``suffixes`` (any case), in numeric-aware name order; [] if no folder."""
     try:
-        with os.scandir(folder) as entries:
-            names = [
-                entry.name
-                for entry in entries
-                if not entry.name.startswith(".")
-                and os.path.splitext(entry.name)[1].lower() in suffixes
-                and entry.is_file()
-            ]
+        names = visible_file_names(folder, suffixes)
     except (FileNotFoundError, NotADirectoryError):
         return []
     return [folder / name for name in sorted(names, key=natural_sort_key)]
