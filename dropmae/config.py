@@ -82,6 +82,9 @@ class PretrainConfig:
     # pairs per video. 1: the recipe's one pair per video per epoch
     repeated_sampling: int = 1
     input: str = "frames"  # extracted frames (files or packed shards) or decode the videos directly
+    # packed input: workers only read JPEGs and draw crops; the GPU decodes, crops and flips
+    # (bilinear area resampling instead of PIL's bicubic: dropmae.data.device_decode)
+    decode_on_device: bool = False
     batch_size: int = 64  # per process
     accum_iter: int = 1
     blr: float = 1.5e-4  # lr = blr * effective batch / 256
@@ -436,6 +439,8 @@ def validate(config: Config) -> Config:
     _require(p.frame_gap >= 2, "pretrain.frame_gap", "must be >= 2 (a pair needs two distinct frames)", p.frame_gap)
     _require(len(p.crop_scale) == 2 and 0 < p.crop_scale[0] <= p.crop_scale[1] <= 1, "pretrain.crop_scale", "must be [low, high] with 0 < low <= high <= 1", p.crop_scale)
     _require(p.input in PAIR_INPUTS, "pretrain.input", f"must be one of {list(PAIR_INPUTS)}", p.input)
+    _require(not p.decode_on_device or p.input == "packed", "pretrain.input",
+             "must be packed when pretrain.decode_on_device is true", p.input)
     _require(p.input != "packed" or ex.pack, "data.extraction.pack",
              "must be true when pretrain.input is packed (the pack is written by the extraction)", ex.pack)
     _require(p.batch_size > 0, "pretrain.batch_size", "must be positive", p.batch_size)

@@ -105,3 +105,68 @@ def test_packed_compiled_pretraining_logs_the_plain_losses(frames_root, tmp_path
     # Same pairs, same masks and drops; fp32 fused kernels differ by rounding that grows a
     # little over the steps.
     np.testing.assert_allclose(fast_losses, plain_losses, rtol=1e-4)
+
+    # Decoding on the device (here the CPU stands in for the GPU): the same pairs, boxes and
+    # flips, resampled bilinearly; the per-patch normalised loss moves by well under 5%.
+    values["pretrain"]["decode_on_device"] = True
+    pretrain(config_from_dict(values), run, packed_root, tmp_path / "device", progress=False)
+    np.testing.assert_allclose(step_losses(tmp_path / "device"), plain_losses, rtol=5e-2)
+
+
+@pytest.mark.parametrize("shared_crop", [False, True])
+def test_crop_parameters_drawn_without_decoding_are_the_cpu_paths(tmp_path_factory, demo_tree, shared_crop):
+    import io
+
+    import torchvision.transforms.v2.functional as TF
+    from PIL import Image
+
+    from dropmae.data.extract import ExtractionSettings, extract_frames
+    from dropmae.data.pairs import seeded_cpu_rng
+
+    root = tmp_path_factory.mktemp("params")
+    extract_frames(demo_tree, root, ExtractionSettings(short_side=80, pack=True), progress=False)
+    dataset = PackedFramePairDataset(root, input_size=48, max_gap=20, split=None, seed=2, shared_crop=shared_crop,
+                                     repeats=2)
+    encoded = PackedFramePairDataset(root, input_size=48, max_gap=20, split=None, seed=2, shared_crop=shared_crop,
+                                     repeats=2, decode_on_device=True)
+    flips = 0
+    for index in range(len(dataset)):
+        crops = dataset[index].flatten(0, 1)  # [4, 3, 48, 48]: two pairs
+        item = encoded[index]
+        assert len(item.jpegs) == 4 and item.crops.shape == (4, 4)
+        for frame, (jpeg, box, flip) in enumerate(zip(item.jpegs, item.crops.tolist(), item.flips.tolist())):
+            image = Image.open(io.BytesIO(jpeg.numpy().tobytes())).convert("RGB")
+            view = TF.resized_crop(image, *box, size=[48, 48], interpolation=TF.InterpolationMode.BICUBIC)
+            view = TF.pil_to_tensor(TF.horizontal_flip(view) if flip else view)
+            assert torch.equal(view, crops[frame]), (index, frame)
+            flips += flip
+        if shared_crop:
+            assert torch.equal(item.crops[0], item.crops[1]) and item.flips[0] == item.flips[1]
+    assert 0 < flips < 4 * len(dataset)
+    with seeded_cpu_rng(5):
+        first = torch.rand(3)
+    with seeded_cpu_rng(5):
+        assert torch.equal(torch.rand(3), first)
+
+
+def test_device_decoding_gives_the_cpu_crops_within_a_few_grey_levels(tmp_path_factory, demo_tree):
+    from dropmae.data.device_decode import collate_encoded, decode_pairs
+    from dropmae.data.extract import ExtractionSettings, extract_frames
+
+    root = tmp_path_factory.mktemp("device_decode")
+    extract_frames(demo_tree, root, ExtractionSettings(short_side=80, pack=True), progress=False)
+    cpu = PackedFramePairDataset(root, input_size=64, max_gap=20, split=None, seed=0)
+    device = PackedFramePairDataset(root, input_size=64, max_gap=20, split=None, seed=0, decode_on_device=True)
+    count = len(cpu)
+    expected = torch.stack([cpu[i] for i in range(count)]).float()
+    batch = collate_encoded([device[i] for i in range(count)])
+    got = decode_pairs(batch, 64, torch.device("cuda" if torch.cuda.is_available() else "cpu")).cpu().float()
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    error = (got - expected).abs()
+    print(f"device decode vs CPU path: mean {error.mean():.2f}, 99th percentile {error.quantile(0.99):.1f} grey levels")
+    # Same boxes and flips, bilinear area resampling against PIL's bicubic: a few grey levels
+    # on average, more only along sharp edges.
+    assert error.mean() < 2.0 and error.quantile(0.99) < 15
+    # Not vacuous: a flip or a box off by a few pixels is far outside the tolerance.
+    assert (got.flip(-1) - expected).abs().mean() > 3 * error.mean()
+    assert (got.roll(3, dims=-1) - expected).abs().mean() > 3 * error.mean()

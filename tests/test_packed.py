@@ -146,6 +146,8 @@ def test_packed_input_needs_the_extraction_to_pack(tmp_path):
         load_config([], ["pretrain.input=packed"])
     config = load_config([], ["pretrain.input=packed", "data.extraction.pack=true"])
     assert config.pretrain.input == "packed"
+    with pytest.raises(ConfigError, match="pretrain.input: must be packed when pretrain.decode_on_device is true"):
+        load_config([], ["pretrain.decode_on_device=true"])
 
 
 def test_repeated_sampling_adds_pairs_and_keeps_the_first(packed_frames):

@@ -13,6 +13,8 @@ epoch) they were started with.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import random
 import warnings
 from pathlib import Path
@@ -24,6 +26,7 @@ from PIL import Image
 from torch.utils.data import get_worker_info
 from torchvision.transforms import InterpolationMode, v2
 
+from dropmae.data.device_decode import EncodedPairs
 from dropmae.data.extract import frame_path, read_manifest
 from dropmae.data.packed import PackedIndex, PackedReader
 from dropmae.data.sampler import EpochSeededDataset
@@ -87,6 +90,25 @@ class PairAugmentation:
             first_view, second_view = self.transform(first), self.transform(second)
         return torch.stack([first_view, second_view]).as_subclass(torch.Tensor)
 
+    def sample_params(self, first: Image.Image, second: Image.Image) -> list[tuple[int, int, int, int, bool]]:
+        """(top, left, height, width, flipped) of each frame: what ``__call__`` would draw, pixels untouched.
+
+        The same calls on torch's RNG in the same order as ``__call__`` (torchvision's own
+        ``make_params``, then the flip's coin), so the frames need only their size (a JPEG
+        opened but not decoded). Tested against ``__call__``.
+        """
+        crop, flip = self.transform.transforms[:2]
+
+        def draw(*images: Image.Image) -> tuple[int, int, int, int, bool]:
+            box = crop.make_params(list(images))
+            flipped = not bool(torch.rand(1) >= flip.p)  # RandomHorizontalFlip's test, verbatim
+            return box["top"], box["left"], box["height"], box["width"], flipped
+
+        if self.shared_crop:
+            shared = draw(first, second)
+            return [shared, shared]
+        return [draw(first), draw(second)]
+
 
 def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
     """uint8 crops [..., 3, H, W] (anywhere, e.g. on the GPU) -> the float32 the augmentation would give.
@@ -97,6 +119,16 @@ def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
         return frames
     scaled = v2.functional.to_dtype(frames, torch.float32, scale=True)
     return v2.functional.normalize(scaled, list(IMAGENET_MEAN), list(IMAGENET_STD))
+
+
+@contextlib.contextmanager
+def seeded_cpu_rng(seed: int):
+    """torch's CPU generator seeded with ``seed`` inside, the caller's state restored after."""
+    with torch.random.fork_rng(devices=[]):
+        # The CPU generator only: torch.manual_seed also queues seeding of every lazy
+        # accelerator backend, with a stack trace each, a tenth of an item's time here.
+        torch.random.default_generator.manual_seed(seed)
+        yield
 
 
 def _item_seeds(seed: int, epoch: int, index: int, repeat: int = 0) -> tuple[np.random.Generator, int]:
@@ -139,21 +171,22 @@ class _PairDatasetBase(EpochSeededDataset):
         rng, _ = _item_seeds(self.seed, self.epoch, index, repeat)
         return sample_frame_pair(self.frame_counts[index], self.max_gap, rng)
 
+    def _item_pairs(self, index: int) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+        """(frame pairs, augmentation seeds, distinct frames) of item ``index`` in the current epoch."""
+        seeds = [_item_seeds(self.seed, self.epoch, index, repeat) for repeat in range(self.repeats)]
+        pairs = [sample_frame_pair(self.frame_counts[index], self.max_gap, rng) for rng, _ in seeds]
+        return pairs, [torch_seed for _, torch_seed in seeds], sorted({frame for pair in pairs for frame in pair})
+
     def __getitem__(self, index: int) -> torch.Tensor:
         """[2, 3, S, S], the earlier frame first; with ``repeats`` k > 1, k pairs of the video [k, 2, 3, S, S].
 
         float32, or uint8 crops when the augmentation does not normalise.
         """
-        seeds = [_item_seeds(self.seed, self.epoch, index, repeat) for repeat in range(self.repeats)]
-        pairs = [sample_frame_pair(self.frame_counts[index], self.max_gap, rng) for rng, _ in seeds]
-        wanted = sorted({frame for pair in pairs for frame in pair})
+        pairs, seeds, wanted = self._item_pairs(index)
         images = dict(zip(wanted, self._load_frames(index, wanted)))  # one read of the video for all pairs
         views = []
-        for (first, second), (_, torch_seed) in zip(pairs, seeds):
-            with torch.random.fork_rng(devices=[]):  # leave the caller's torch RNG untouched
-                # The CPU generator only: torch.manual_seed also queues seeding of every lazy
-                # accelerator backend, with a stack trace each, a tenth of an item's time here.
-                torch.random.default_generator.manual_seed(torch_seed)
+        for (first, second), torch_seed in zip(pairs, seeds):
+            with seeded_cpu_rng(torch_seed):
                 views.append(self.augmentation(images[first], images[second]))
         return views[0] if self.repeats == 1 else torch.stack(views)
 
@@ -200,14 +233,31 @@ class PackedFramePairDataset(FramePairDataset):
 
     def __init__(self, frames_root: str | Path, input_size: int, max_gap: int = 50, split: str | None = "train",
                  crop_scale: tuple[float, float] = (0.2, 1.0), shared_crop: bool = False, seed: int = 0,
-                 rank: int = 0, repeats: int = 1) -> None:
+                 rank: int = 0, repeats: int = 1, decode_on_device: bool = False) -> None:
         super().__init__(frames_root, input_size, max_gap, split, crop_scale, shared_crop, seed, rank, repeats)
         self.augmentation = PairAugmentation(input_size, crop_scale=crop_scale, shared_crop=shared_crop,
                                              normalize=False)
         self.reader = PackedReader(PackedIndex.load(self.frames_root))
+        self.decode_on_device = decode_on_device
 
     def _load_frames(self, index: int, frames: list[int]) -> list[Image.Image]:
         return [self.reader.read_image(self.video_ids[index], frame) for frame in frames]
+
+    def __getitem__(self, index: int) -> torch.Tensor | EncodedPairs:
+        """uint8 crops as :class:`FramePairDataset` gives them; with ``decode_on_device`` the JPEGs,
+        crop boxes and flips instead, for :func:`dropmae.data.device_decode.decode_pairs`."""
+        if not self.decode_on_device:
+            return super().__getitem__(index)
+        pairs, seeds, wanted = self._item_pairs(index)
+        data = {frame: self.reader.read(self.video_ids[index], frame) for frame in wanted}
+        headers = {frame: Image.open(io.BytesIO(data[frame])) for frame in wanted}  # sizes only, no decoding
+        params, jpegs = [], []
+        for (first, second), torch_seed in zip(pairs, seeds):
+            with seeded_cpu_rng(torch_seed):
+                params += self.augmentation.sample_params(headers[first], headers[second])
+            jpegs += [torch.frombuffer(bytearray(data[frame]), dtype=torch.uint8) for frame in (first, second)]
+        return EncodedPairs(jpegs=jpegs, crops=torch.tensor([box[:4] for box in params], dtype=torch.int64),
+                            flips=torch.tensor([box[4] for box in params], dtype=torch.bool))
 
 
 class VideoFramePairDataset(_PairDatasetBase):

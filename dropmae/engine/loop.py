@@ -84,6 +84,7 @@ class TrainingTask:
     model: torch.nn.Module
     dataset: Dataset
     config_section: str = "train"  # where batch_size and accum_iter are set, for error messages
+    collate_fn: Any = None  # the DataLoader's collate_fn (None: torch's default)
 
     def build_optimizer(self, fused: bool) -> torch.optim.Optimizer:
         raise NotImplementedError
@@ -282,6 +283,7 @@ def run_training(
                 sampler=sampler,
                 num_workers=s.num_workers,
                 worker_init_fn=seed_worker,
+                collate_fn=task.collate_fn,
                 # Worker base seeds come from this generator, not the global RNG, so
                 # (re)starting a loader mid-epoch leaves the model's RNG stream alone.
                 generator=torch.Generator().manual_seed(derive_seed(s.seed, epoch, context.rank)),

@@ -15,6 +15,7 @@ from timm.optim import param_groups_weight_decay
 from torch.utils.data import Dataset
 
 from dropmae.config import Config, PretrainRun, config_to_dict
+from dropmae.data.device_decode import EncodedPairBatch, collate_encoded, decode_pairs
 from dropmae.data.pairs import FramePairDataset, PackedFramePairDataset, VideoFramePairDataset, normalize_frames
 from dropmae.engine.distributed import init_distributed
 from dropmae.engine.loop import (  # noqa: F401  (re-exported: the pretraining API predates the loop)
@@ -64,7 +65,7 @@ def build_pair_dataset(config: Config, data_path: str | Path, split: str = "trai
     if p.input == "frames":
         return FramePairDataset(data_path, split=split, **common)
     if p.input == "packed":
-        return PackedFramePairDataset(data_path, split=split, **common)
+        return PackedFramePairDataset(data_path, split=split, decode_on_device=p.decode_on_device, **common)
     return VideoFramePairDataset(data_path, **common)
 
 
@@ -90,6 +91,9 @@ class PretrainTask(TrainingTask):
         self.data_path = data_path
         p = config.pretrain
         self.effective_batch = p.batch_size * p.accum_iter * world_size
+        self.device = next(model.parameters()).device
+        if p.decode_on_device:
+            self.collate_fn = collate_encoded
         self.peak_lr = scaled_learning_rate(p.blr, self.effective_batch)
 
     def build_optimizer(self, fused: bool) -> torch.optim.Optimizer:
@@ -101,6 +105,8 @@ class PretrainTask(TrainingTask):
         return learning_rate_at(epoch_progress, self.peak_lr, p.min_lr, p.warmup_epochs, self.run.epochs)
 
     def compute_loss(self, model, frames):
+        if isinstance(frames, EncodedPairBatch):  # pretrain.decode_on_device
+            frames = decode_pairs(frames, self.config.model.img_size, self.device)
         if frames.dim() == 6:  # repeated sampling: [videos, pairs per video, 2, C, H, W]
             frames = frames.flatten(0, 1)
         loss, _, _ = model(normalize_frames(frames))  # packed input arrives as uint8 crops
