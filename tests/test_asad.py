@@ -10,6 +10,7 @@ import torch
 from dropmae.models.asad import (
     ATTENTION_FLOOR,
     TEMPORAL_MATCH_FLOOR,
+    asad_attention_bias,
     asad_drop_mask,
     asad_weights,
     num_dropped_entries,
@@ -240,7 +241,7 @@ def test_every_combination_of_frames_is_consistent():
 
 
 def test_fused_asad_path_matches_explicit_path():
-    """Training with ASAD runs fused attention with a boolean keep-mask; the explicit path
+    """Training with ASAD runs fused attention with an additive -inf bias; the explicit path
     (-inf logits, then softmax) draws the same entries and computes the same output."""
     torch.manual_seed(0)
     model = _tiny_model(0.5).train()
@@ -255,3 +256,13 @@ def test_fused_asad_path_matches_explicit_path():
     torch.manual_seed(6)
     other = model(frames)[1]
     assert not torch.allclose(other, explicit)  # a different draw changes the output
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_bias_is_the_drop_mask_as_minus_infinity(dtype):
+    logits = torch.randn(2, 3, 18, 18)
+    dropped = asad_drop_mask(logits, 9, 0.3, generator=torch.Generator().manual_seed(4))
+    bias = asad_attention_bias(logits, 9, 0.3, dtype, generator=torch.Generator().manual_seed(4))
+    assert bias.dtype == dtype and bias.shape == logits.shape
+    assert torch.equal(torch.isneginf(bias), dropped)
+    assert (bias[~dropped] == 0).all()

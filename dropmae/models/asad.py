@@ -81,6 +81,34 @@ def _within_frame_to_full_index(flat_index: torch.Tensor, tokens_per_frame: int)
     return (offset + query) * (2 * n) + offset + key
 
 
+def asad_dropped_indices(
+    logits: torch.Tensor,
+    tokens_per_frame: int,
+    p: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Flat indices into each [L, L] attention matrix of the entries ASAD drops: [B, H, N_d].
+
+    Args as :func:`asad_drop_mask`. The indices of one (sample, head) are distinct.
+    """
+    _check_inputs(logits, tokens_per_frame, p)
+    batch, heads = logits.shape[:2]
+    num_drop = num_dropped_entries(tokens_per_frame, p)
+    if num_drop == 0:
+        return torch.empty(batch, heads, 0, dtype=torch.long, device=logits.device)
+    with torch.no_grad():
+        weights = asad_weights(logits, tokens_per_frame)
+        # Exponential race: the k largest W / E, E = -log U ~ Exp(1), are a draw of k items
+        # without replacement. Uniform noise and one log are cheaper than exponential_() on
+        # the CPU; dividing by log U (< 0) gives -W / E, so we take the k smallest.
+        noise = torch.rand(weights.shape, generator=generator, device=weights.device, dtype=weights.dtype)
+        race = weights.div_(noise.log_()).view(batch, heads, -1)
+        del noise
+        # topk returns exactly k indices, so float ties cannot change the count.
+        picked = race.topk(num_drop, dim=-1, largest=False, sorted=False).indices
+        return _within_frame_to_full_index(picked, tokens_per_frame)
+
+
 def asad_drop_mask(
     logits: torch.Tensor,
     tokens_per_frame: int,
@@ -96,25 +124,29 @@ def asad_drop_mask(
         p: drop probability P of the recipe (0.1), in [0, 1).
         generator: optional torch.Generator on the logits' device.
     """
-    _check_inputs(logits, tokens_per_frame, p)
-    batch, heads, length, _ = logits.shape
+    dropped = asad_dropped_indices(logits, tokens_per_frame, p, generator)
     drop_mask = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
-    num_drop = num_dropped_entries(tokens_per_frame, p)
-    if num_drop == 0:
-        return drop_mask
-
-    with torch.no_grad():
-        weights = asad_weights(logits, tokens_per_frame)
-        # Exponential race: the k largest W / E, E = -log U ~ Exp(1), are a draw of k items
-        # without replacement. Uniform noise and one log are cheaper than exponential_() on
-        # the CPU; dividing by log U (< 0) gives -W / E, so we take the k smallest.
-        noise = torch.rand(weights.shape, generator=generator, device=weights.device, dtype=weights.dtype)
-        race = weights.div_(noise.log_()).view(batch, heads, -1)
-        del noise
-        # topk returns exactly k indices, so float ties cannot change the count.
-        picked = race.topk(num_drop, dim=-1, largest=False, sorted=False).indices
-        drop_mask.view(batch, heads, -1).scatter_(-1, _within_frame_to_full_index(picked, tokens_per_frame), True)
+    drop_mask.view(*logits.shape[:2], -1).scatter_(-1, dropped, True)
     return drop_mask
+
+
+def asad_attention_bias(
+    logits: torch.Tensor,
+    tokens_per_frame: int,
+    p: float,
+    dtype: torch.dtype,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """ASAD as an additive attention bias [B, H, L, L] of ``dtype``: -inf where dropped, 0 elsewhere.
+
+    The same draw as :func:`asad_drop_mask` with the same generator state. Fused attention
+    takes a bias of the query's dtype as it is, while a boolean mask is first turned into one
+    (on the CPU that conversion cost as much as the masked attention itself).
+    """
+    dropped = asad_dropped_indices(logits, tokens_per_frame, p, generator)
+    bias = torch.zeros(logits.shape, dtype=dtype, device=logits.device)
+    bias.view(*logits.shape[:2], -1).scatter_(-1, dropped, float("-inf"))
+    return bias
 
 
 def reference_asad_drop_mask(

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from timm.layers import PatchEmbed, build_sincos2d_pos_embed
 from timm.models.vision_transformer import Attention, Block
 
-from dropmae.models.asad import asad_drop_mask
+from dropmae.models.asad import asad_attention_bias, asad_drop_mask
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,11 @@ class ASADAttention(Attention):
             # then runs fused, with dropped entries masked to -inf before its softmax.
             with torch.no_grad():
                 logits = (q * self.scale) @ k.transpose(-2, -1)
-                keep = ~asad_drop_mask(logits, self.tokens_per_frame, self.asad_p, generator=self.asad_generator)
+                drop_bias = asad_attention_bias(logits, self.tokens_per_frame, self.asad_p, q.dtype,
+                                                generator=self.asad_generator)
                 del logits
             x = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=keep, dropout_p=self.attn_drop.p if self.training else 0.0
+                q, k, v, attn_mask=drop_bias, dropout_p=self.attn_drop.p if self.training else 0.0
             )
         x = x.transpose(1, 2).reshape(batch, length, self.attn_dim)
         x = self.norm(x)
