@@ -15,6 +15,7 @@ from pathlib import Path
 import av
 
 DEMO_CLIP_NAMES = ("bigbuckbunny", "bikes", "carphone_pristine")
+X264_OPTIONS = {"preset": "veryfast", "threads": "1", "x264-params": "mbtree=0"}
 
 
 def demo_clip_paths() -> dict[str, Path]:
@@ -54,8 +55,11 @@ def _write_subclips(source: Path, targets: list[Path], clip_frames: int, short_s
                 continue
             partial = target.with_name(target.name + ".partial")
             with av.open(str(partial), "w", format="mp4") as output:
-                # One encoder thread: x264 with several writes different bytes from run to run.
-                out_stream = output.add_stream("libx264", rate=rate, options={"preset": "veryfast", "threads": "1"})
+                # One encoder thread (x264 with several writes different bytes from run to run) and no
+                # macroblock-tree rate control: in PyAV's x264 it reads uninitialised memory (valgrind),
+                # so the same frames were encoded as different pixels (up to 28 grey levels) from run to
+                # run, and every demo number after them moved.
+                out_stream = output.add_stream("libx264", rate=rate, options=X264_OPTIONS)
                 out_stream.width, out_stream.height, out_stream.pix_fmt = width, height, "yuv420p"
                 for index in range(clip_frames):
                     # swscale (via PyAV) resizes and converts in one step.

@@ -13,7 +13,7 @@ import pytest
 
 from dropmae.config import config_from_dict
 from dropmae.data.extract import ExtractionSettings, extract_frames
-from dropmae.demo import build_demo_video_tree, demo_clip_paths
+from dropmae.demo import X264_OPTIONS, build_demo_video_tree, demo_clip_paths
 from slurm_cluster import LocalSlurmCluster, SlurmUnavailable
 
 DEMO_CLIP_FRAMES = 16
@@ -25,7 +25,7 @@ def write_mp4(path: Path, frames: np.ndarray, faststart: bool = False) -> Path:
     """Encode RGB frames [T, H, W, 3] (even H, W) as an H.264 mp4 with PyAV."""
     options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), "w", format="mp4", options=options) as container:
-        stream = container.add_stream("libx264", rate=25)
+        stream = container.add_stream("libx264", rate=25, options=X264_OPTIONS)  # the same bytes every run
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
         for frame in frames:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import os
 import pickle
 import random
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import decord
@@ -88,6 +91,23 @@ def test_demo_tree_holds_short_real_clips(demo_tree):
     before = file_mtimes(demo_tree)
     build_demo_video_tree(demo_tree, clip_frames=DEMO_CLIP_FRAMES, short_side=DEMO_SHORT_SIDE, max_clips=6)
     assert file_mtimes(demo_tree) == before, "rebuilding rewrote existing clips"
+
+
+def test_demo_clips_are_the_same_bytes_in_every_process(tmp_path):
+    """The DAG's demo clips come out byte for byte the same from two processes whose freed heap
+    memory holds different bytes (x264's macroblock-tree rate control read such memory)."""
+    build = ("import os, sys; from dropmae.demo import build_demo_video_tree; "
+             # The second process leaves random bytes in freed heap memory first, as other work would.
+             "garbage = [os.urandom(40_000) for _ in range(int(sys.argv[2]))]; del garbage; "
+             "build_demo_video_tree(sys.argv[1], clip_frames=20, max_clips=9)")
+    digests = []
+    for run in range(2):
+        subprocess.run([sys.executable, "-c", build, str(tmp_path / f"run{run}"), str(run * 2000)], check=True)
+        clips = sorted((tmp_path / f"run{run}").rglob("*.mp4"))
+        assert len(clips) == 9
+        digests.append({clip.relative_to(tmp_path / f"run{run}"): hashlib.sha256(clip.read_bytes()).hexdigest()
+                        for clip in clips})
+    assert digests[0] == digests[1]
 
 
 # --- index_videos ----------------------------------------------------------------
