@@ -15,7 +15,7 @@ import torch
 from conftest import TINY, tiny_config
 from dropmae.config import PretrainRun
 from dropmae.demo import build_demo_video_tree
-from dropmae.engine.checkpoint import LAST_CHECKPOINT, epoch_checkpoint_name, load_checkpoint
+from dropmae.engine.checkpoint import LAST_CHECKPOINT, atomic_torch_save, epoch_checkpoint_name, load_checkpoint
 from dropmae.engine.pretrain import METRICS_LOG, NonFiniteLossError, build_model, pretrain
 from dropmae.engine.schedule import learning_rate_at, scaled_learning_rate
 
@@ -200,3 +200,14 @@ def test_cli_extract_pretrain_reconstruct(tmp_path):
     with Image.open(png) as image:
         width, height = image.size
     assert height > width  # two pairs x two frames in rows, three columns
+
+
+def test_the_same_state_saves_to_the_same_bytes(tmp_path):
+    """Checkpoint hashes (the tables print them) change only when the contents do."""
+    state = {"model": build_model(tiny_config(), PretrainRun("dropmae", 1)).state_dict(), "epoch": 3}
+    atomic_torch_save(state, tmp_path / "a.pth")
+    atomic_torch_save(state, tmp_path / "b.pth")
+    assert (tmp_path / "a.pth").read_bytes() == (tmp_path / "b.pth").read_bytes()
+    assert not list(tmp_path.glob(".*.tmp"))
+    loaded = load_checkpoint(tmp_path / "b.pth")
+    assert loaded["epoch"] == 3 and all(torch.equal(loaded["model"][k], v) for k, v in state["model"].items())

@@ -35,7 +35,14 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def atomic_torch_save(state: dict[str, Any], path: str | Path) -> None:
-    _atomic_write(Path(path), lambda temp: torch.save(state, temp))
+    """torch.save through a temporary file. Saved to an open handle, not to the temporary name:
+    torch names the zip's records after a file name, so the same state gave different bytes
+    (and checkpoint hashes) on every save."""
+    def write(temp: str) -> None:
+        with open(temp, "wb") as handle:
+            torch.save(state, handle)
+
+    _atomic_write(Path(path), write)
 
 
 def atomic_copy(source: str | Path, destination: str | Path) -> None:
