@@ -59,6 +59,17 @@ def test_compiled_step_gives_the_eager_loss_and_gradients(packed_batch):
     assert abs(other_loss - eager_loss) > 1e-4
 
 
+def test_training_model_with_asad_compiles_to_one_graph():
+    """A graph break would cut the decoder into pieces that torch.compile fuses separately and
+    run the ASAD chain eagerly between them (asad_weights once wrote into strided views with
+    out=, which Dynamo does not trace: 7 breaks in this 2-layer decoder)."""
+    torch.manual_seed(0)
+    model = DropMAE(**DEMO_SHAPES, asad_p=0.1).train()
+    explanation = torch._dynamo.explain(model)(torch.randn(2, 2, 3, 64, 64))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_bf16_step_is_close_to_fp32(packed_batch):
     torch.manual_seed(0)

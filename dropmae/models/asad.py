@@ -50,23 +50,21 @@ def asad_weights(logits: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
     Each row is the floored, diagonal-free, normalised attention scaled by f_tem.
     """
     n = tokens_per_frame
+    batch, heads = logits.shape[:2]
     attention = logits.detach().float().softmax(dim=-1)  # [B, H, L, L]
-    blocks = (attention[..., :n, :n], attention[..., n:, n:])
+    grid = attention.view(batch, heads, 2, n, 2, n)  # (query frame, query, key frame, key)
     # f_tem(i): best match of query i among the keys of the other frame.
     temporal_match = torch.stack(
-        (attention[..., :n, n:].amax(dim=-1), attention[..., n:, :n].amax(dim=-1)), dim=2
+        (grid[:, :, 0, :, 1].amax(dim=-1), grid[:, :, 1, :, 0].amax(dim=-1)), dim=2
     ).add_(TEMPORAL_MATCH_FLOOR)  # [B, H, 2, N]
+    # One copy of the two within-frame blocks, then updated in place. No out= into a strided
+    # view: torch.compile cannot trace that and would split the decoder into many graphs.
+    weights = torch.stack((grid[:, :, 0, :, 0], grid[:, :, 1, :, 1]), dim=2)  # [B, H, 2, N, N]
+    diagonal = weights.diagonal(dim1=-2, dim2=-1)
     # Row sums of the floored block without its diagonal, read straight from the softmax.
-    row_sums = torch.stack(
-        [block.sum(dim=-1) - block.diagonal(dim1=-2, dim2=-1) + (n - 1) * ATTENTION_FLOOR for block in blocks],
-        dim=2,
-    )
-    row_scale = (temporal_match / row_sums).unsqueeze(-1)  # [B, H, 2, N, 1]
-    # W = (A + floor) * scale, written in one pass per block: A * scale + floor * scale.
-    weights = torch.empty(*logits.shape[:2], 2, n, n, dtype=attention.dtype, device=attention.device)
-    for frame, block in enumerate(blocks):  # two frames, not a loop over data
-        torch.addcmul(row_scale[:, :, frame] * ATTENTION_FLOOR, block, row_scale[:, :, frame], out=weights[:, :, frame])
-    weights.diagonal(dim1=-2, dim2=-1).zero_()
+    row_sums = weights.sum(dim=-1) - diagonal + (n - 1) * ATTENTION_FLOOR
+    weights.add_(ATTENTION_FLOOR).mul_((temporal_match / row_sums).unsqueeze(-1))
+    diagonal.zero_()
     return weights
 
 
