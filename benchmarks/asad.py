@@ -8,7 +8,8 @@
    batch) at ViT-B size.
 
     python benchmarks/asad.py                      # CPU
-    python benchmarks/asad.py --device cuda --batch 64 --step-batch 64
+    python benchmarks/asad.py --device cuda --batch 64 --step-batch 64 --compile
+    python benchmarks/asad.py --skip-mask --encoder micro --compile   # eager and compiled ratio, CPU
 
 Targets: asad_drop_mask >= 3x the per-head loop on CPU, >= 10x the authors' approach on
 a GPU; DropMAE/TwinMAE step time <= 1.25 on CPU and <= 1.03 on a GPU.
@@ -64,33 +65,40 @@ def bench_mask(device: torch.device, batch: int, heads: int, tokens_per_frame: i
     print(f"authors' approach               {authors * 1e3:10.2f} ms   ratio {authors / ours:6.2f}x")
 
 
-def bench_step(device: torch.device, batch: int, repeats: int, encoder: str, p: float) -> None:
-    print(f"\n== one training step, ViT-{encoder} pair model, batch {batch}, on {device} ==")
+def bench_step(device: torch.device, batch: int, repeats: int, encoder: str, p: float, compile_too: bool) -> None:
+    print(f"\n== one training step, ViT-{encoder} pair model, batch {batch}, on {device}"
+          f"{', eager and torch.compile' if compile_too else ''} ==")
     torch.manual_seed(0)
     twin = DropMAE(encoder=encoder, asad_p=0.0).to(device).train()
     drop = DropMAE(encoder=encoder, asad_p=p).to(device).train()
     drop.load_state_dict(twin.state_dict())
     frames = torch.randn(batch, 2, 3, 224, 224, device=device)
     dtype = torch.bfloat16 if device.type == "cuda" else None
+    models = {"twinmae": twin, "dropmae": drop}
     optimizers = {
         name: torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=device.type == "cuda")
-        for name, model in (("twinmae", twin), ("dropmae", drop))
+        for name, model in models.items()
     }
 
-    def step(model, optimizer):
-        def run():
+    def step(run, optimizer):
+        def one_step():
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss = model(frames)[0]
+                loss = run(frames)[0]
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        return run
+        return one_step
 
-    times = interleaved_times(
-        {"twinmae": step(twin, optimizers["twinmae"]), "dropmae": step(drop, optimizers["dropmae"])}, device, repeats
-    )
-    print(f"TwinMAE step  {times['twinmae'] * 1e3:10.1f} ms")
-    print(f"DropMAE step  {times['dropmae'] * 1e3:10.1f} ms   DropMAE/TwinMAE {times['dropmae'] / times['twinmae']:.3f}")
+    variants = {"": lambda model: model}
+    if compile_too:
+        variants[" compiled"] = torch.compile
+    steps = {name + suffix: step(wrap(model), optimizers[name])
+             for suffix, wrap in variants.items() for name, model in models.items()}
+    times = interleaved_times(steps, device, repeats, warmup=3 if compile_too else 1)
+    for suffix in variants:
+        twin_time, drop_time = times["twinmae" + suffix], times["dropmae" + suffix]
+        print(f"TwinMAE{suffix:9s} step  {twin_time * 1e3:10.1f} ms")
+        print(f"DropMAE{suffix:9s} step  {drop_time * 1e3:10.1f} ms   DropMAE/TwinMAE {drop_time / twin_time:.3f}")
 
 
 def main() -> None:
@@ -105,13 +113,16 @@ def main() -> None:
     parser.add_argument("--step-repeats", type=int, default=5)
     parser.add_argument("--encoder", default="base")
     parser.add_argument("--skip-step", action="store_true")
+    parser.add_argument("--skip-mask", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also time the steps under torch.compile")
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
-    bench_mask(device, args.batch, args.heads, args.tokens_per_frame, args.p, args.repeats)
+    if not args.skip_mask:
+        bench_mask(device, args.batch, args.heads, args.tokens_per_frame, args.p, args.repeats)
     if not args.skip_step:
-        bench_step(device, args.step_batch, args.step_repeats, args.encoder, args.p)
+        bench_step(device, args.step_batch, args.step_repeats, args.encoder, args.p, args.compile)
 
 
 if __name__ == "__main__":

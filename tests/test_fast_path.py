@@ -45,11 +45,15 @@ EAGER_RANDOM = torch._inductor.config.patch(fallback_random=True)
 
 
 @EAGER_RANDOM
-def test_compiled_step_gives_the_eager_loss_and_gradients(packed_batch):
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_compiled_step_gives_the_eager_loss_and_gradients(packed_batch, device):
     torch.manual_seed(0)
-    model = DropMAE(**DEMO_SHAPES, asad_p=0.1).train()
-    eager_loss, eager_grads = _loss_and_grads(model, packed_batch, seed=7)
-    compiled_loss, compiled_grads = _loss_and_grads(model, packed_batch, seed=7, run=torch.compile(model))
+    model = DropMAE(**DEMO_SHAPES, asad_p=0.1).to(device).train()
+    packed_batch = packed_batch.to(device)
+    # Plain fp32 on the GPU too: a TF32 patch-embedding convolution would round differently in each path.
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        eager_loss, eager_grads = _loss_and_grads(model, packed_batch, seed=7)
+        compiled_loss, compiled_grads = _loss_and_grads(model, packed_batch, seed=7, run=torch.compile(model))
     # Tolerance: fp32 with fused kernels reorders sums; 1e-5 relative is far below any recipe change.
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
     for name, grad in eager_grads.items():
