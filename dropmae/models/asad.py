@@ -51,7 +51,9 @@ def asad_weights(logits: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
     """
     n = tokens_per_frame
     batch, heads = logits.shape[:2]
-    attention = logits.detach().float().softmax(dim=-1)  # [B, H, L, L]
+    # fp32 probabilities from bf16 logits in one kernel: `.float()` first would write and read
+    # an extra fp32 [B, H, L, L] copy (about 0.6 GB per decoder layer at B=64).
+    attention = logits.detach().softmax(dim=-1, dtype=torch.float32)  # [B, H, L, L]
     grid = attention.view(batch, heads, 2, n, 2, n)  # (query frame, query, key frame, key)
     # f_tem(i): best match of query i among the keys of the other frame.
     temporal_match = torch.stack(
