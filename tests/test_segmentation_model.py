@@ -9,15 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from dropmae.models.dropmae import DropMAE
+from dropmae.models.encoder import CheckpointMismatchError, from_pretraining_config, load_pretrained_encoder
 from dropmae.segmentation.losses import bootstrap_fraction, bootstrapped_cross_entropy
-from dropmae.segmentation.model import (
-    CheckpointMismatchError,
-    DropSeg,
-    dropseg_from_checkpoint,
-    from_pretraining_config,
-    load_pretrained_encoder,
-    soft_aggregate,
-)
+from dropmae.segmentation.model import DropSeg, dropseg_from_checkpoint, soft_aggregate
 
 TINY = {"encoder": "micro", "patch_size": 8, "image_size": 32, "decoder_channels": 16, "drop_path_rate": 0.0}
 
@@ -190,16 +184,16 @@ def test_shape_mismatch_names_the_key(pretraining_checkpoint):
     wider = DropSeg(**{**TINY, "encoder": "tiny"})  # 192-wide: the micro checkpoint is 96-wide
     expected = r"patch_embed\.proj\.weight: checkpoint \[96, 3, 8, 8\] vs model \[192, 3, 8, 8\]"
     with pytest.raises(CheckpointMismatchError, match=expected):
-        load_pretrained_encoder(wider, path)
+        load_pretrained_encoder(wider, torch.load(path, weights_only=True), source=str(path))
 
 
 def test_build_from_the_checkpoint_config(pretraining_checkpoint):
     path, _ = pretraining_checkpoint
     state = torch.load(path, weights_only=True)
-    model = from_pretraining_config(state, image_size=64, decoder_channels=8)
+    model = from_pretraining_config(DropSeg, state, image_size=64, decoder_channels=8)
     assert (model.encoder, model.patch_size, model.grid) == ("micro", 8, 8)
     with pytest.raises(ValueError, match="patch_size=16 contradicts"):
-        from_pretraining_config(state["config"], 64, patch_size=16)
+        from_pretraining_config(DropSeg, state["config"], image_size=64, patch_size=16)
 
 
 def test_parameter_groups_split_fresh_and_pretrained():

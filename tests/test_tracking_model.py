@@ -9,15 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from dropmae.models.dropmae import DropMAE
+from dropmae.models.encoder import CheckpointMismatchError, from_pretraining_config, load_pretrained_encoder
 from dropmae.tracking.losses import focal_heatmap_loss, gaussian_heatmap, tracking_loss
-from dropmae.tracking.model import (
-    CheckpointMismatchError,
-    DropTrack,
-    decode_boxes,
-    droptrack_from_checkpoint,
-    from_pretraining_config,
-    load_pretrained_encoder,
-)
+from dropmae.tracking.model import DropTrack, decode_boxes, droptrack_from_checkpoint
 
 CE_LOCATIONS = (1, 2)  # micro has 4 blocks
 TINY = {
@@ -185,7 +179,7 @@ def pretraining_checkpoint(tmp_path):
 def test_loading_copies_the_encoder_and_interpolates_positions(pretraining_checkpoint):
     path, pretrained = pretraining_checkpoint
     model = tiny_tracker()
-    report = load_pretrained_encoder(model, path)
+    report = load_pretrained_encoder(model, torch.load(path, weights_only=True))
     loaded = model.state_dict()
     encoder_keys = [k for k in pretrained if k.startswith(("patch_embed.", "blocks.", "norm.")) or k == "frame_embed"]
     assert len(encoder_keys) > 40
@@ -223,7 +217,7 @@ def test_shape_mismatch_names_both_shapes(pretraining_checkpoint):
     tiny = DropTrack(**{**TINY, "encoder": "tiny"})  # 192-wide: the micro checkpoint is 96-wide
     expected = r"patch_embed\.proj\.weight: checkpoint \[96, 3, 8, 8\] vs model \[192, 3, 8, 8\]"
     with pytest.raises(CheckpointMismatchError, match=expected):
-        load_pretrained_encoder(tiny, path)
+        load_pretrained_encoder(tiny, torch.load(path, weights_only=True), source=str(path))
 
 
 def test_unexpected_key_is_reported(pretraining_checkpoint):
@@ -236,12 +230,14 @@ def test_unexpected_key_is_reported(pretraining_checkpoint):
 def test_build_from_the_checkpoint_config(pretraining_checkpoint):
     path, pretrained = pretraining_checkpoint
     state = torch.load(path, weights_only=True)
-    model = from_pretraining_config(state, template_size=32, search_size=64, ce_locations=CE_LOCATIONS, head_channels=16)
+    model = from_pretraining_config(
+        DropTrack, state, template_size=32, search_size=64, ce_locations=CE_LOCATIONS, head_channels=16
+    )
     assert (model.encoder, model.patch_size, model.embed_dim) == ("micro", 8, 96)
     with pytest.raises(ValueError, match="encoder='base' contradicts"):
-        from_pretraining_config(state["config"], 32, 64, encoder="base")
+        from_pretraining_config(DropTrack, state["config"], template_size=32, search_size=64, encoder="base")
     with pytest.raises(ValueError, match="no config"):
-        from_pretraining_config({"model": pretrained}, 32, 64)
+        from_pretraining_config(DropTrack, {"model": pretrained}, template_size=32, search_size=64)
     model, report = droptrack_from_checkpoint(path, 32, 64, ce_locations=CE_LOCATIONS, head_channels=16)
     assert report.missing == [] and torch.equal(model.frame_embed, pretrained["frame_embed"])
 

@@ -9,32 +9,24 @@ training. TwinMAE is the same model with ``asad_p = 0``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import PatchEmbed, build_sincos2d_pos_embed
-from timm.models.vision_transformer import Attention, Block
+from timm.layers import build_sincos2d_pos_embed
+from timm.models.vision_transformer import Attention
 
 from dropmae.models.asad import asad_attention_bias, asad_drop_mask
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    embed_dim: int
-    depth: int
-    num_heads: int
-
-
-# ViT encoder sizes by name; "micro" is a laptop-sized model for the demo and the tests.
-ENCODER_SPECS: dict[str, EncoderSpec] = {
-    "micro": EncoderSpec(embed_dim=96, depth=4, num_heads=3),
-    "tiny": EncoderSpec(embed_dim=192, depth=12, num_heads=3),
-    "small": EncoderSpec(embed_dim=384, depth=12, num_heads=6),
-    "base": EncoderSpec(embed_dim=768, depth=12, num_heads=12),
-    "large": EncoderSpec(embed_dim=1024, depth=24, num_heads=16),
-}
+from dropmae.models.encoder import (  # noqa: F401  (ENCODER_SPECS: config.py reads the sizes from here)
+    DECODER_PREFIXES,
+    ENCODER_SPECS,
+    encoder_blocks,
+    encoder_spec,
+    frame_embedding,
+    init_encoder_weights,
+    layer_norm,
+    patch_embedding,
+    transformer_blocks,
+)
 
 MASKING_MODES = ("joint", "per_frame")
 
@@ -89,10 +81,6 @@ class ASADAttention(Attention):
         return self.proj_drop(self.proj(x))
 
 
-def _layer_norm(dim: int, **factory_kwargs) -> nn.LayerNorm:
-    return nn.LayerNorm(dim, eps=1e-6, **factory_kwargs)
-
-
 class DropMAE(nn.Module):
     """Masked autoencoder over frame pairs; ``asad_p = 0`` gives TwinMAE."""
 
@@ -112,11 +100,9 @@ class DropMAE(nn.Module):
         asad_p: float = 0.0,
     ) -> None:
         super().__init__()
-        if encoder not in ENCODER_SPECS:
-            raise ValueError(f"unknown encoder {encoder!r}; choose from {sorted(ENCODER_SPECS)}")
+        spec = encoder_spec(encoder)
         if masking not in MASKING_MODES:
             raise ValueError(f"unknown masking {masking!r}; choose from {MASKING_MODES}")
-        spec = ENCODER_SPECS[encoder]
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.mask_ratio = mask_ratio
@@ -124,18 +110,15 @@ class DropMAE(nn.Module):
         self.norm_pix_loss = norm_pix_loss
 
         # --- encoder
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, spec.embed_dim)
+        self.patch_embed = patch_embedding(patch_size, in_chans, spec.embed_dim, img_size)
         self.grid_size = self.patch_embed.grid_size
         self.tokens_per_frame = self.patch_embed.num_patches
         # One fixed sin-cos table shared by both frames (timm's builder; any fixed 2-D
         # sin-cos layout is equivalent for a model trained with it).
         self.register_buffer("pos_embed", build_sincos2d_pos_embed(list(self.grid_size), spec.embed_dim)[None])
-        self.frame_embed = nn.Parameter(torch.zeros(2, spec.embed_dim))
-        self.blocks = nn.ModuleList(
-            Block(spec.embed_dim, spec.num_heads, mlp_ratio, qkv_bias=True, norm_layer=_layer_norm)
-            for _ in range(spec.depth)
-        )
-        self.norm = _layer_norm(spec.embed_dim)
+        self.frame_embed = frame_embedding(spec.embed_dim)
+        self.blocks = encoder_blocks(spec, mlp_ratio)
+        self.norm = layer_norm(spec.embed_dim)
 
         # --- decoder
         self.decoder_embed = nn.Linear(spec.embed_dim, decoder_embed_dim)
@@ -143,19 +126,11 @@ class DropMAE(nn.Module):
         self.register_buffer(
             "decoder_pos_embed", build_sincos2d_pos_embed(list(self.grid_size), decoder_embed_dim)[None]
         )
-        self.decoder_frame_embed = nn.Parameter(torch.zeros(2, decoder_embed_dim))
-        self.decoder_blocks = nn.ModuleList(
-            Block(
-                decoder_embed_dim,
-                decoder_num_heads,
-                mlp_ratio,
-                qkv_bias=True,
-                norm_layer=_layer_norm,
-                attn_layer=ASADAttention,
-            )
-            for _ in range(decoder_depth)
+        self.decoder_frame_embed = frame_embedding(decoder_embed_dim)
+        self.decoder_blocks = transformer_blocks(
+            decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio, attn_layer=ASADAttention
         )
-        self.decoder_norm = _layer_norm(decoder_embed_dim)
+        self.decoder_norm = layer_norm(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
         self.set_asad_p(asad_p)
         self._init_weights()
@@ -171,19 +146,9 @@ class DropMAE(nn.Module):
             block.attn.asad_p = p
 
     def _init_weights(self) -> None:
-        # MAE's initialisation: patch projection like a linear layer, xavier linears, small embeddings.
-        weight = self.patch_embed.proj.weight
-        nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
-        for parameter in (self.frame_embed, self.decoder_frame_embed, self.mask_token):
-            nn.init.normal_(parameter, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        # MAE's initialisation: patch projection like a linear layer, small embeddings, then
+        # xavier linears and unit norms over the whole model, decoder included.
+        init_encoder_weights(self, self.decoder_frame_embed, self.mask_token, layers=self)
 
     # ------------------------------------------------------------- patchify
     def patchify(self, frames: torch.Tensor) -> torch.Tensor:
@@ -273,5 +238,4 @@ class DropMAE(nn.Module):
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """Encoder weights only (what downstream trackers and segmenters load)."""
-        decoder_prefixes = ("decoder_", "mask_token")
-        return {k: v for k, v in self.state_dict().items() if not k.startswith(decoder_prefixes)}
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(DECODER_PREFIXES)}

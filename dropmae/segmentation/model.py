@@ -12,9 +12,8 @@ predicts one-channel mask logits, resized bilinearly to the frame.
 Several objects: one pass per object (batched over objects), then STCN's soft aggregation.
 
 Encoder parameters carry the pretraining model's names (``patch_embed``, ``pos_embed``,
-``blocks``, ``norm``, ``frame_embed``), so the tracker's
-:func:`~dropmae.tracking.model.load_pretrained_encoder` fills them; ``mask_embed`` and
-``mask_decoder`` are fresh.
+``blocks``, ``norm``, ``frame_embed``), so :func:`~dropmae.models.encoder.load_pretrained_encoder`
+fills them; ``mask_embed`` and ``mask_decoder`` are fresh.
 """
 
 from __future__ import annotations
@@ -27,30 +26,23 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import PatchEmbed, build_sincos2d_pos_embed
-from timm.models.vision_transformer import Block
+from timm.layers import build_sincos2d_pos_embed
 
 from dropmae.engine.checkpoint import load_checkpoint
-from dropmae.models.dropmae import ENCODER_SPECS
-from dropmae.tracking.model import (
-    CheckpointMismatchError,
+from dropmae.models.encoder import (
     LoadReport,
-    _model_section,
+    encoder_blocks,
+    encoder_spec,
+    frame_embedding,
+    from_pretraining_config,
     init_encoder_weights,
+    layer_norm,
     load_pretrained_encoder,
+    patch_embedding,
+    resample_position_table,
 )
 
-__all__ = [
-    "FRESH_PREFIXES",
-    "CheckpointMismatchError",
-    "DropSeg",
-    "LoadReport",
-    "MaskDecoder",
-    "dropseg_from_checkpoint",
-    "from_pretraining_config",
-    "load_pretrained_encoder",
-    "soft_aggregate",
-]
+__all__ = ["FRESH_PREFIXES", "DropSeg", "MaskDecoder", "dropseg_from_checkpoint", "soft_aggregate"]
 
 # State-dict prefixes of the parts a pretraining checkpoint never has (trained at full lr).
 FRESH_PREFIXES = ("mask_embed.", "mask_decoder.")
@@ -60,10 +52,6 @@ AGGREGATION_EPS = 1e-7
 
 # The decoder ends at 1/4 of the frame, STCN's (and DropSeg's) output stride before the resize.
 DECODER_STRIDE = 4
-
-
-def _layer_norm(dim: int, **factory_kwargs) -> nn.LayerNorm:
-    return nn.LayerNorm(dim, eps=1e-6, **factory_kwargs)
 
 
 def soft_aggregate(object_probs: torch.Tensor) -> torch.Tensor:
@@ -79,19 +67,6 @@ def soft_aggregate(object_probs: torch.Tensor) -> torch.Tensor:
     class_probs = torch.cat((background, object_probs), dim=0)
     # torch.logit clamps to [eps, 1 - eps] first, exactly STCN's clamp-then-log-odds.
     return torch.logit(class_probs, eps=AGGREGATION_EPS).softmax(dim=0)
-
-
-def _resize_position_table(table: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """Square position table [1, G*G, D] -> [1, rows*cols, D], bicubic (align_corners=False).
-
-    The tracker's ``interpolate_pos_embed`` does the same for square grids only; frames here
-    may be rectangular.
-    """
-    length, dim = table.shape[-2:]
-    side = math.isqrt(length)
-    grid = table.float().reshape(1, side, side, dim).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=(rows, cols), mode="bicubic", align_corners=False)
-    return grid.permute(0, 2, 3, 1).reshape(1, rows * cols, dim).to(table.dtype)
 
 
 class MaskDecoder(nn.Module):
@@ -140,7 +115,7 @@ class DropSeg(nn.Module):
     ) -> None:
         """
         Args:
-            encoder: ViT size, a key of ``dropmae.models.dropmae.ENCODER_SPECS``.
+            encoder: ViT size, a key of ``dropmae.models.encoder.ENCODER_SPECS``.
             patch_size: patch (and feature stride) in pixels: 4 times a power of two (4, 8, 16, 32),
                 so log2(patch_size / 4) 2x stages reach 1/4 of the frame.
             image_size: side of the square training crops; the learnable position table is for
@@ -149,8 +124,7 @@ class DropSeg(nn.Module):
             drop_path_rate: stochastic depth of the last block (linear from 0 over blocks).
         """
         super().__init__()
-        if encoder not in ENCODER_SPECS:
-            raise ValueError(f"unknown encoder {encoder!r}; choose from {sorted(ENCODER_SPECS)}")
+        spec = encoder_spec(encoder)
         ratio = patch_size // DECODER_STRIDE
         if patch_size < DECODER_STRIDE or patch_size % DECODER_STRIDE or ratio & (ratio - 1):
             raise ValueError(
@@ -159,7 +133,6 @@ class DropSeg(nn.Module):
             )
         if image_size <= 0 or image_size % patch_size:
             raise ValueError(f"image_size = {image_size} must be a positive multiple of patch_size = {patch_size}")
-        spec = ENCODER_SPECS[encoder]
         self.encoder = encoder
         self.embed_dim = spec.embed_dim
         self.patch_size = patch_size
@@ -168,17 +141,13 @@ class DropSeg(nn.Module):
         self.grid = image_size // patch_size
 
         # One projection for both frames; its image size only matters for timm's own checks.
-        self.patch_embed = PatchEmbed(None, patch_size, in_chans, spec.embed_dim, strict_img_size=False)
-        self.mask_embed = PatchEmbed(None, patch_size, 1, spec.embed_dim, strict_img_size=False)
+        self.patch_embed = patch_embedding(patch_size, in_chans, spec.embed_dim)
+        self.mask_embed = patch_embedding(patch_size, 1, spec.embed_dim)
         # Learnable, shared by both frames; the sin-cos start only matters without pretraining.
         self.pos_embed = nn.Parameter(build_sincos2d_pos_embed([self.grid] * 2, spec.embed_dim)[None])
-        self.frame_embed = nn.Parameter(torch.zeros(2, spec.embed_dim))
-        drop_path = torch.linspace(0, drop_path_rate, spec.depth).tolist()  # stochastic depth decay rule
-        self.blocks = nn.ModuleList(
-            Block(spec.embed_dim, spec.num_heads, mlp_ratio, qkv_bias=True, drop_path=drop_path[i], norm_layer=_layer_norm)
-            for i in range(spec.depth)
-        )
-        self.norm = _layer_norm(spec.embed_dim)
+        self.frame_embed = frame_embedding(spec.embed_dim)
+        self.blocks = encoder_blocks(spec, mlp_ratio, drop_path_rate=drop_path_rate)
+        self.norm = layer_norm(spec.embed_dim)
         self.mask_decoder = MaskDecoder(spec.embed_dim, decoder_channels, int(math.log2(ratio)))
         # Position tables of other grids, kept while pos_embed is unchanged (see position_table).
         self._position_cache: dict[tuple, torch.Tensor] = {}
@@ -202,14 +171,14 @@ class DropSeg(nn.Module):
         if (rows, cols) == (self.grid, self.grid):
             return self.pos_embed
         if torch.is_grad_enabled() and self.pos_embed.requires_grad:
-            return _resize_position_table(self.pos_embed, rows, cols)  # keep the graph for training
+            return resample_position_table(self.pos_embed, rows, cols)  # keep the graph for training
         version = self.pos_embed._version
         if version != self._position_cache_version:
             self._position_cache.clear()
             self._position_cache_version = version
         key = (rows, cols, self.pos_embed.device, self.pos_embed.dtype)
         if key not in self._position_cache:
-            self._position_cache[key] = _resize_position_table(self.pos_embed.detach(), rows, cols)
+            self._position_cache[key] = resample_position_table(self.pos_embed.detach(), rows, cols)
         return self._position_cache[key]
 
     def embed(self, reference_rgb: torch.Tensor, reference_mask: torch.Tensor, query_rgb: torch.Tensor) -> torch.Tensor:
@@ -330,22 +299,6 @@ class DropSeg(nn.Module):
 
 
 # ----------------------------------------------------------------- loading a checkpoint
-def from_pretraining_config(
-    cfg_dict_or_state: str | Path | Mapping[str, Any], image_size: int, **kwargs: Any
-) -> DropSeg:
-    """A DropSeg whose encoder (size name and patch size) matches a pretraining run.
-
-    ``cfg_dict_or_state``: the run's config dict (with a "model" section), a checkpoint dict
-    holding it under "config", or a checkpoint path. Other DropSeg arguments pass through.
-    """
-    section = _model_section(cfg_dict_or_state)
-    for key in ("encoder", "patch_size"):
-        if key in kwargs and kwargs[key] != section[key]:
-            raise ValueError(f"{key}={kwargs[key]!r} contradicts the pretraining config's model.{key}={section[key]!r}")
-        kwargs.pop(key, None)
-    return DropSeg(encoder=section["encoder"], patch_size=int(section["patch_size"]), image_size=image_size, **kwargs)
-
-
 def dropseg_from_checkpoint(
     checkpoint: str | Path | Mapping[str, Any], image_size: int, **kwargs: Any
 ) -> tuple[DropSeg, LoadReport]:
@@ -355,7 +308,8 @@ def dropseg_from_checkpoint(
     encoder is copied; a missing or differently shaped encoder weight raises
     CheckpointMismatchError. mask_embed and mask_decoder stay fresh (``report.fresh``).
     """
+    source = "the given state dict"
     if isinstance(checkpoint, (str, Path)):
-        checkpoint = load_checkpoint(checkpoint)
-    model = from_pretraining_config(checkpoint, image_size, **kwargs)
-    return model, load_pretrained_encoder(model, checkpoint)
+        source, checkpoint = str(checkpoint), load_checkpoint(checkpoint)
+    model = from_pretraining_config(DropSeg, checkpoint, image_size=image_size, **kwargs)
+    return model, load_pretrained_encoder(model, checkpoint, source=source)

@@ -19,12 +19,13 @@ from dropmae.config import Config, config_to_dict
 from dropmae.engine.checkpoint import load_checkpoint
 from dropmae.engine.finetune import finetune_downstream
 from dropmae.engine.loop import TrainingOutcome, TrainingTask
+from dropmae.models.encoder import LoadReport
 from dropmae.segmentation.datasets import (
     SegmentationSequence,
     read_segmentation_benchmark,
 )
 from dropmae.segmentation.losses import bootstrap_fraction, bootstrapped_cross_entropy
-from dropmae.segmentation.model import DropSeg, LoadReport, dropseg_from_checkpoint
+from dropmae.segmentation.model import DropSeg, dropseg_from_checkpoint
 from dropmae.segmentation.processing import (
     SegmentationCropSettings,
     SegmentationPairDataset,

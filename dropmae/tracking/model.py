@@ -9,7 +9,8 @@ tokens are put back on the search grid (eliminated cells are zero) and a CenterN
 head predicts a score map, sub-cell offsets and box sizes.
 
 Encoder parameters carry the pretraining model's names (``patch_embed``, ``blocks``,
-``norm``, ``frame_embed``), so :func:`load_pretrained_encoder` copies them directly.
+``norm``, ``frame_embed``), so :func:`~dropmae.models.encoder.load_pretrained_encoder` copies
+them directly.
 """
 
 from __future__ import annotations
@@ -17,18 +18,28 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import PatchEmbed, build_sincos2d_pos_embed
+from timm.layers import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Attention, Block
 
 from dropmae.engine.checkpoint import load_checkpoint
-from dropmae.models.dropmae import ENCODER_SPECS
+from dropmae.models.encoder import (
+    LoadReport,
+    encoder_blocks,
+    encoder_spec,
+    frame_embedding,
+    from_pretraining_config,
+    init_encoder_weights,
+    layer_norm,
+    load_pretrained_encoder,
+    patch_embedding,
+)
 
 # Which template tokens' attention ranks the search tokens (OSTrack's CE_TEMPLATE_RANGE).
 # "ctr_point": the one token at grid cell ((G-1)//2, (G-1)//2), as OSTrack/DropTrack's
@@ -37,29 +48,7 @@ from dropmae.models.dropmae import ENCODER_SPECS
 # "all": every template token.
 CE_TEMPLATE_RANGES = ("ctr_point", "ctr_rec", "all")
 
-# Pretraining keys that belong to the decoder and are never loaded into a tracker.
-DECODER_PREFIXES = ("decoder_", "mask_token")
-ENCODER_PREFIXES = ("patch_embed.", "blocks.", "norm.")
 HEAD_PREFIX = "box_head."
-
-
-def _layer_norm(dim: int, **factory_kwargs) -> nn.LayerNorm:
-    return nn.LayerNorm(dim, eps=1e-6, **factory_kwargs)
-
-
-def init_encoder_weights(model: nn.Module) -> None:
-    """The pretraining model's encoder initialisation, for a downstream model trained from scratch.
-
-    ``model`` has ``patch_embed``, ``frame_embed`` and ``blocks`` (DropTrack, DropSeg).
-    """
-    weight = model.patch_embed.proj.weight
-    nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
-    nn.init.normal_(model.frame_embed, std=0.02)
-    for module in model.blocks.modules():
-        if isinstance(module, nn.Linear):
-            nn.init.xavier_uniform_(module.weight)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
 
 
 # ------------------------------------------------------------------------ backbone layers
@@ -216,7 +205,7 @@ class DropTrack(nn.Module):
     ) -> None:
         """
         Args:
-            encoder: ViT size, a key of ``dropmae.models.dropmae.ENCODER_SPECS``.
+            encoder: ViT size, a key of ``dropmae.models.encoder.ENCODER_SPECS``.
             patch_size: patch (and feature stride) in pixels; both crop sizes must be multiples.
             template_size / search_size: square crop sides in pixels.
             ce_locations: 0-based indices of the blocks that eliminate candidates.
@@ -227,14 +216,12 @@ class DropTrack(nn.Module):
             ce_template_range: template queries that rank search tokens, see CE_TEMPLATE_RANGES.
         """
         super().__init__()
-        if encoder not in ENCODER_SPECS:
-            raise ValueError(f"unknown encoder {encoder!r}; choose from {sorted(ENCODER_SPECS)}")
+        spec = encoder_spec(encoder)
         if patch_size <= 0:
             raise ValueError(f"patch_size must be positive, got {patch_size}")
         for name, size in (("template_size", template_size), ("search_size", search_size)):
             if size <= 0 or size % patch_size:
                 raise ValueError(f"{name} = {size} must be a positive multiple of patch_size = {patch_size}")
-        spec = ENCODER_SPECS[encoder]
         ce_locations = tuple(int(i) for i in ce_locations)
         if len(set(ce_locations)) != len(ce_locations) or any(not 0 <= i < spec.depth for i in ce_locations):
             raise ValueError(
@@ -259,26 +246,20 @@ class DropTrack(nn.Module):
         self.ce_template_range = ce_template_range
 
         # One projection for both crops; its image size only matters for timm's own checks.
-        self.patch_embed = PatchEmbed(None, patch_size, in_chans, spec.embed_dim, strict_img_size=False)
+        self.patch_embed = patch_embedding(patch_size, in_chans, spec.embed_dim)
         # Learnable per-crop position tables (OSTrack's pos_embed_z / pos_embed_x); the sin-cos
         # start is only for trackers trained without pretraining: loading overwrites them.
         self.pos_embed_template = nn.Parameter(build_sincos2d_pos_embed([self.template_grid] * 2, spec.embed_dim)[None])
         self.pos_embed_search = nn.Parameter(build_sincos2d_pos_embed([self.search_grid] * 2, spec.embed_dim)[None])
-        self.frame_embed = nn.Parameter(torch.zeros(2, spec.embed_dim))
-        drop_path = torch.linspace(0, drop_path_rate, spec.depth).tolist()  # stochastic depth decay rule
-        self.blocks = nn.ModuleList(
-            CandidateEliminationBlock(
-                spec.embed_dim,
-                spec.num_heads,
-                mlp_ratio,
-                qkv_bias=True,
-                drop_path=drop_path[i],
-                norm_layer=_layer_norm,
-                attn_layer=CandidateEliminationAttention,
-            )
-            for i in range(spec.depth)
+        self.frame_embed = frame_embedding(spec.embed_dim)
+        self.blocks = encoder_blocks(
+            spec,
+            mlp_ratio,
+            drop_path_rate=drop_path_rate,
+            block_layer=CandidateEliminationBlock,
+            attn_layer=CandidateEliminationAttention,
         )
-        self.norm = _layer_norm(spec.embed_dim)
+        self.norm = layer_norm(spec.embed_dim)
         self.box_head = CenterHead(spec.embed_dim, head_channels)
         probe_index = _template_probe_index(self.template_grid, ce_template_range)
         self.register_buffer("template_probe_index", probe_index, persistent=False)
@@ -401,163 +382,13 @@ def _template_probe_index(grid: int, template_range: str) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------- loading a checkpoint
-class CheckpointMismatchError(ValueError):
-    """A pretraining checkpoint lacks encoder weights a downstream model needs or has other shapes."""
-
-
-@dataclass
-class LoadReport:
-    """What :func:`load_pretrained_encoder` did with each key."""
-
-    loaded: list[str] = field(default_factory=list)  # model keys set from the checkpoint
-    dropped: list[str] = field(default_factory=list)  # checkpoint decoder keys, ignored on purpose
-    missing: list[str] = field(default_factory=list)  # model encoder keys the checkpoint lacked (non-strict only)
-    unexpected: list[str] = field(default_factory=list)  # checkpoint keys neither used nor dropped
-    fresh: list[str] = field(default_factory=list)  # new parts (a head): never in a pretraining checkpoint
-    pretrain_grid: int = 0  # side of the pretraining position grid
-    interpolated_to: dict[str, int] = field(default_factory=dict)  # position table -> its grid side
-
-    def summary(self) -> str:
-        return (
-            f"loaded {len(self.loaded)} tensors, dropped {len(self.dropped)} decoder tensors, "
-            f"{len(self.fresh)} fresh tensors, missing {self.missing or 'none'}, "
-            f"unexpected {self.unexpected or 'none'}; position grid {self.pretrain_grid} -> {self.interpolated_to}"
-        )
-
-
-def _resolve_state_dict(checkpoint: str | Path | Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
-    """(state dict, a name for error messages) from a path, a training checkpoint or a state dict."""
-    source = "the given state dict"
-    if isinstance(checkpoint, (str, Path)):
-        source = str(checkpoint)
-        checkpoint = load_checkpoint(checkpoint)
-    if not isinstance(checkpoint, Mapping):
-        raise CheckpointMismatchError(f"{source}: expected a dict, got {type(checkpoint).__name__}")
-    state = checkpoint.get("model", checkpoint)
-    if not isinstance(state, Mapping):
-        raise CheckpointMismatchError(f"{source}: 'model' must be a state dict, got {type(state).__name__}")
-    not_tensors = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
-    if not_tensors:
-        raise CheckpointMismatchError(f"{source}: not a state dict (non-tensor entries {not_tensors[:5]})")
-    return dict(state), source
-
-
-def interpolate_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
-    """Square position table [1, G*G, D] -> [1, grid*grid, D], bicubic (align_corners=False).
-
-    At grid == G this is the identity.
-    """
-    length, dim = pos_embed.shape[-2:]
-    side = math.isqrt(length)
-    if pos_embed.dim() != 3 or pos_embed.shape[0] != 1 or side * side != length:
-        raise CheckpointMismatchError(f"pos_embed {tuple(pos_embed.shape)} is not a square grid table [1, G*G, D]")
-    table = pos_embed.float().reshape(1, side, side, dim).permute(0, 3, 1, 2)
-    table = F.interpolate(table, size=(grid, grid), mode="bicubic", align_corners=False)
-    return table.permute(0, 2, 3, 1).reshape(1, grid * grid, dim).to(pos_embed.dtype)
-
-
-def load_pretrained_encoder(
-    model: nn.Module, checkpoint: str | Path | Mapping[str, Any], *, strict_encoder: bool = True
-) -> LoadReport:
-    """Initialise ``model``'s encoder from a DropMAE / TwinMAE pretraining checkpoint.
-
-    ``model``: a downstream model (DropTrack, DropSeg) with ``encoder``, ``patch_size``,
-    ``embed_dim`` and the methods ``encoder_keys()`` (keys that must come from the checkpoint),
-    ``fresh_keys()`` (new keys, never loaded) and ``position_grids()`` ({table name: grid side}).
-    ``checkpoint``: a model.pth / checkpoint-last.pth path, such a loaded dict (weights under
-    "model") or a bare state dict. Decoder keys are dropped; patch_embed / blocks / norm /
-    frame_embed are copied; the pretraining ``pos_embed`` is interpolated to every table of
-    ``position_grids()`` (DropTrack: the template and search grids). Raises
-    CheckpointMismatchError when shapes differ, and (strict_encoder) when an encoder weight is
-    missing; otherwise missing keys keep their initial values and are listed in ``report.missing``.
-    """
-    state, source = _resolve_state_dict(checkpoint)
-    model_state = model.state_dict()
-    fresh = set(model.fresh_keys())
-    report = LoadReport(fresh=[key for key in model_state if key in fresh])
-    new_values: dict[str, torch.Tensor] = {}
-    mismatched: list[str] = []
-
-    for key, value in state.items():
-        if key.startswith(DECODER_PREFIXES):
-            report.dropped.append(key)
-        elif key == "pos_embed":
-            report.pretrain_grid = math.isqrt(value.shape[-2])
-            if value.shape[-1] != model.embed_dim:
-                mismatched.append(f"pos_embed: checkpoint {list(value.shape)} vs model width {model.embed_dim}")
-                continue
-            for name, grid in model.position_grids().items():
-                new_values[name] = interpolate_pos_embed(value, grid)
-                report.interpolated_to[name] = grid
-        elif key in model_state and key not in fresh:
-            if value.shape != model_state[key].shape:
-                mismatched.append(f"{key}: checkpoint {list(value.shape)} vs model {list(model_state[key].shape)}")
-            else:
-                new_values[key] = value
-        else:
-            report.unexpected.append(key)
-
-    if mismatched:
-        raise CheckpointMismatchError(
-            f"{source} does not fit this {model.encoder} / patch {model.patch_size} {type(model).__name__}: "
-            + "; ".join(mismatched)
-        )
-    missing = [key for key in model.encoder_keys() if key not in new_values]
-    if missing and strict_encoder:
-        raise CheckpointMismatchError(f"{source} lacks encoder weights the {type(model).__name__} needs: {missing}")
-    report.missing = missing
-    result = model.load_state_dict(new_values, strict=False)
-    assert not result.unexpected_keys, result.unexpected_keys  # every key was checked against model_state
-    report.loaded = list(new_values)
-    return report
-
-
-def _model_section(cfg_dict_or_state: str | Path | Mapping[str, Any]) -> Mapping[str, Any]:
-    source = "the given config"
-    if isinstance(cfg_dict_or_state, (str, Path)):
-        source = str(cfg_dict_or_state)
-        cfg_dict_or_state = load_checkpoint(cfg_dict_or_state)
-    if not isinstance(cfg_dict_or_state, Mapping):
-        raise TypeError(f"{source}: expected a config or checkpoint dict, got {type(cfg_dict_or_state).__name__}")
-    config = cfg_dict_or_state.get("config", cfg_dict_or_state)
-    section = config.get("model") if isinstance(config, Mapping) else None
-    if not isinstance(section, Mapping) or "encoder" not in section:
-        raise ValueError(
-            f"{source}: no config['model'] with an 'encoder' (a checkpoint without a config cannot say its encoder; "
-            "build the model with encoder=... and patch_size=... directly)"
-        )
-    if "patch_size" not in section:
-        raise ValueError(f"{source}: config['model'] has no 'patch_size'")
-    return section
-
-
-def from_pretraining_config(
-    cfg_dict_or_state: str | Path | Mapping[str, Any], template_size: int, search_size: int, **kwargs: Any
-) -> DropTrack:
-    """A DropTrack whose encoder (size name and patch size) matches a pretraining run.
-
-    ``cfg_dict_or_state``: the run's config dict (with a "model" section), a checkpoint dict
-    holding it under "config", or a checkpoint path. Other DropTrack arguments pass through.
-    """
-    section = _model_section(cfg_dict_or_state)
-    for key in ("encoder", "patch_size"):
-        if key in kwargs and kwargs[key] != section[key]:
-            raise ValueError(f"{key}={kwargs[key]!r} contradicts the pretraining config's model.{key}={section[key]!r}")
-        kwargs.pop(key, None)
-    return DropTrack(
-        encoder=section["encoder"],
-        patch_size=int(section["patch_size"]),
-        template_size=template_size,
-        search_size=search_size,
-        **kwargs,
-    )
-
-
 def droptrack_from_checkpoint(
     checkpoint: str | Path | Mapping[str, Any], template_size: int, search_size: int, **kwargs: Any
 ) -> tuple[DropTrack, LoadReport]:
-    """Build a tracker matching a pretraining checkpoint (with its config) and load its encoder."""
+    """Build a tracker matching a pretraining checkpoint (a path or its loaded dict, with its
+    config) and load its encoder; ``kwargs`` pass through to DropTrack."""
+    source = "the given state dict"
     if isinstance(checkpoint, (str, Path)):
-        checkpoint = load_checkpoint(checkpoint)
-    model = from_pretraining_config(checkpoint, template_size, search_size, **kwargs)
-    return model, load_pretrained_encoder(model, checkpoint)
+        source, checkpoint = str(checkpoint), load_checkpoint(checkpoint)
+    model = from_pretraining_config(DropTrack, checkpoint, template_size=template_size, search_size=search_size, **kwargs)
+    return model, load_pretrained_encoder(model, checkpoint, source=source)

@@ -18,9 +18,10 @@ from dropmae.config import Config, config_to_dict
 from dropmae.engine.checkpoint import load_checkpoint
 from dropmae.engine.finetune import finetune_downstream
 from dropmae.engine.loop import TrainingOutcome, TrainingTask
+from dropmae.models.encoder import LoadReport
 from dropmae.tracking.datasets import TrackingSequence, read_benchmark
 from dropmae.tracking.losses import tracking_loss
-from dropmae.tracking.model import DropTrack, LoadReport, droptrack_from_checkpoint
+from dropmae.tracking.model import DropTrack, droptrack_from_checkpoint
 from dropmae.tracking.processing import CropSettings, TrackingPairDataset
 
 HEAD_PREFIX = "box_head."
