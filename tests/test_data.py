@@ -39,7 +39,7 @@ from dropmae.data import (
     sample_frame_pair,
     seed_worker,
 )
-from dropmae.data.extract import split_for
+from dropmae.data.manifest import split_for
 from dropmae.demo import build_demo_video_tree, demo_clip_paths
 
 DEMO_IDS = [f"{name}/{name}_{k}" for name in ("bigbuckbunny", "bikes", "carphone_pristine") for k in (0, 1)]

@@ -14,12 +14,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from dropmae.config import ConfigError, load_config
-from dropmae.data.extract import (
-    ExtractionSettings,
-    extract_frames,
-    frame_path,
-    read_manifest,
-)
+from dropmae.data.extract import ExtractionSettings, extract_frames
+from dropmae.data.manifest import frame_path, read_manifest
 from dropmae.data.packed import (
     INFO_NAME,
     PackedFramesError,

@@ -5,14 +5,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from dropmae.data.extract import (
-    MANIFEST_NAME,
-    ExtractionError,
-    ExtractionSettings,
-    extract_frames,
-    frame_path,
-    read_manifest,
-)
+from dropmae.data.extract import ExtractionError, ExtractionSettings, extract_frames
+from dropmae.data.manifest import MANIFEST_NAME, frame_path, read_manifest
 from dropmae.data.video_index import VIDEO_EXTENSIONS, VideoEntry, VideoSourceError, index_videos
 
 # The pair datasets import torch (seconds); extraction worker processes import this

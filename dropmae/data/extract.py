@@ -1,6 +1,6 @@
 """``dropmae extract-frames``: decode videos to JPEG frames plus a manifest.
 
-Layout of ``out_dir``::
+Layout of ``out_dir`` (the manifest and frame paths: :mod:`dropmae.data.manifest`)::
 
     manifest.csv                      one row per video of the source list
     frames/<video_id>/000000.jpg ...  the kept frames, numbered consecutively
@@ -14,7 +14,6 @@ written last, so a video counts as done only once its frames are complete.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import multiprocessing
 import os
@@ -35,13 +34,10 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from dropmae.data.manifest import FRAMES_DIR, MANIFEST_COLUMNS, MANIFEST_NAME, read_manifest, split_for
+from dropmae.data.packed import pack_frames
 from dropmae.data.video_index import VideoEntry, index_videos
 
-MANIFEST_NAME = "manifest.csv"
-MANIFEST_COLUMNS = [
-    "video_id", "source_path", "label", "split", "frame_count", "width", "height", "status", "reason",
-]
-FRAMES_DIR = "frames"
 STATUS_DIR = ".status"
 TMP_DIR = ".tmp"
 # Frames decoded per get_batch call: bounds memory (16 x 1080p RGB is about 100 MB).
@@ -91,17 +87,6 @@ class ExtractionSettings:
     def output_settings(self) -> dict[str, Any]:
         """The settings that change the written frames (a change means re-extraction)."""
         return {"short_side": self.short_side, "frame_stride": self.frame_stride, "jpeg_quality": self.jpeg_quality}
-
-
-def frame_path(frames_root: str | Path, video_id: str, frame_index: int) -> Path:
-    """Path of kept frame ``frame_index`` of ``video_id`` under an extraction output folder."""
-    return Path(frames_root) / FRAMES_DIR / video_id / f"{frame_index:06d}.jpg"
-
-
-def split_for(video_id: str, val_fraction: float) -> str:
-    """"val" for a stable, hash-chosen share ``val_fraction`` of video ids, else "train"."""
-    digest = hashlib.sha256(video_id.encode()).digest()
-    return "val" if int.from_bytes(digest[:8], "big") / 2**64 < val_fraction else "train"
 
 
 def _status_path(out_dir: Path, video_id: str) -> Path:
@@ -403,20 +388,6 @@ def _write_text_if_changed(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-def read_manifest(frames_root: str | Path) -> pd.DataFrame:
-    """The manifest written by ``extract_frames`` into ``frames_root``."""
-    path = Path(frames_root) / MANIFEST_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no frame manifest; run `dropmae extract-frames` first")
-    return pd.read_csv(
-        path,
-        dtype={"video_id": str, "source_path": str, "label": str, "split": str, "status": str, "reason": str,
-               "frame_count": "Int64", "width": "Int64", "height": "Int64"},
-        keep_default_na=False,
-        na_values={"label": [""], "width": [""], "height": [""], "frame_count": [""]},
-    )
-
-
 def _failure_summary(manifest: pd.DataFrame, limit: int = 5) -> str:
     failed = manifest[manifest["status"] != "ok"].head(limit)
     return "\n".join(f"  {row.video_id} ({row.source_path}): {row.reason}" for row in failed.itertuples())
@@ -468,7 +439,5 @@ def extract_frames(
             f"first failures:\n{_failure_summary(manifest)}"
         )
     if settings.pack:
-        from dropmae.data.packed import pack_frames  # numpy only; kept out of the worker processes' imports
-
         pack_frames(out_dir)
     return read_manifest(out_dir)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dropmae.data.extract import frame_path, read_manifest
+from dropmae.data.manifest import frame_path, read_manifest
 
 PACKED_DIR = "packed"
 INDEX_NAME = "index.npz"

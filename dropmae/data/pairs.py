@@ -27,7 +27,7 @@ from torch.utils.data import get_worker_info
 from torchvision.transforms import InterpolationMode, v2
 
 from dropmae.data.device_decode import EncodedPairs
-from dropmae.data.extract import frame_path, read_manifest
+from dropmae.data.manifest import frame_path, read_manifest
 from dropmae.data.packed import PackedIndex, PackedReader
 from dropmae.data.sampler import EpochSeededDataset
 from dropmae.data.video_index import VideoEntry, index_videos
