@@ -1,4 +1,5 @@
-"""Command line: ``dropmae extract-frames | pack-frames | pretrain | reconstruct | stage | config | schema``."""
+"""Command line: ``dropmae extract-frames | pack-frames | pretrain | reconstruct | compare-log | stage | config |
+schema``."""
 
 from __future__ import annotations
 
@@ -76,6 +77,20 @@ def cmd_reconstruct(args) -> int:
 
     path = save_reconstruction_grid(args.checkpoint, args.data, args.output, num_pairs=args.pairs, split=args.split)
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_compare_log(args) -> int:
+    from dropmae.analysis.training_log import TrainingLogError, write_comparison
+
+    output = args.output or Path(args.run_dir) / f"compare_{Path(args.reference).stem}"
+    try:
+        _, paths = write_comparison(args.run_dir, args.reference, output, args.reference_epochs, args.log_y)
+    except TrainingLogError as error:
+        print(f"dropmae: compare-log: {error}", file=sys.stderr)
+        return 2
+    print(paths["md"].read_text())
+    print("wrote " + ", ".join(str(path) for path in paths.values()))
     return 0
 
 
@@ -239,6 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     recon.add_argument("--pairs", type=int, default=4)
     recon.add_argument("--split", default="val", help="manifest split to draw pairs from (default: held-out)")
     recon.set_defaults(handler=cmd_reconstruct)
+
+    compare = commands.add_parser("compare-log", help="our per-epoch training loss against a published MAE-style "
+                                  "log.txt (JSON lines with epoch and train_loss): table and plot")
+    compare.add_argument("run_dir", help="a run folder with log.jsonl (and summary.json once finished)")
+    compare.add_argument("reference", help="JSON lines, one object per epoch with 'epoch' (0-based) and 'train_loss'")
+    compare.add_argument("--output", help="folder for loss_comparison.{csv,md,png} (default RUN_DIR/compare_<name>)")
+    compare.add_argument("--reference-epochs", type=int,
+                         help="epochs the reference run planned (default: its last logged epoch + 1)")
+    compare.add_argument("--log-y", action="store_true", help="logarithmic loss axis in the plot")
+    compare.set_defaults(handler=cmd_compare_log)
 
     stage = commands.add_parser("stage", help="one stage of the experiment DAG (what dvc.yaml runs)")
     stage_kinds = stage.add_subparsers(dest="stage", required=True)
