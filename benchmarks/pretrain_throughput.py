@@ -52,7 +52,7 @@ from dropmae.data.pairs import (
     normalize_frames,
     seed_worker,
 )
-from dropmae.demo import build_demo_video_tree
+from dropmae.demo.videos import build_demo_video_tree
 from dropmae.models.dropmae import DropMAE
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from dropmae.config import config_from_dict
 from dropmae.data.extract import ExtractionSettings, extract_frames
-from dropmae.demo import X264_OPTIONS, build_demo_video_tree, demo_clip_paths
+from dropmae.demo.videos import X264_OPTIONS, build_demo_video_tree, demo_clip_paths
 from slurm_cluster import LocalSlurmCluster, SlurmUnavailable
 
 DEMO_CLIP_FRAMES = 16

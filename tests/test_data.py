@@ -40,7 +40,7 @@ from dropmae.data import (
     seed_worker,
 )
 from dropmae.data.manifest import split_for
-from dropmae.demo import build_demo_video_tree, demo_clip_paths
+from dropmae.demo.videos import build_demo_video_tree, demo_clip_paths
 
 DEMO_IDS = [f"{name}/{name}_{k}" for name in ("bigbuckbunny", "bikes", "carphone_pristine") for k in (0, 1)]
 
@@ -96,7 +96,7 @@ def test_demo_tree_holds_short_real_clips(demo_tree):
 def test_demo_clips_are_the_same_bytes_in_every_process(tmp_path):
     """The DAG's demo clips come out byte for byte the same from two processes whose freed heap
     memory holds different bytes (x264's macroblock-tree rate control read such memory)."""
-    build = ("import os, sys; from dropmae.demo import build_demo_video_tree; "
+    build = ("import os, sys; from dropmae.demo.videos import build_demo_video_tree; "
              # The second process leaves random bytes in freed heap memory first, as other work would.
              "garbage = [os.urandom(40_000) for _ in range(int(sys.argv[2]))]; del garbage; "
              "build_demo_video_tree(sys.argv[1], clip_frames=20, max_clips=9)")

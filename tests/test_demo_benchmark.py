@@ -13,7 +13,7 @@ from got10k.datasets import GOT10k
 from PIL import Image
 
 from dropmae.data.video_index import VideoSourceError
-from dropmae.tracking.demo_benchmark import (
+from dropmae.demo.benchmark import (
     MARKER_NAME,
     DemoBenchmarkSettings,
     build_demo_benchmark,

@@ -14,7 +14,7 @@ import torch
 
 from conftest import TINY, tiny_config
 from dropmae.config import PretrainRun
-from dropmae.demo import build_demo_video_tree
+from dropmae.demo.videos import build_demo_video_tree
 from dropmae.engine.checkpoint import LAST_CHECKPOINT, atomic_torch_save, epoch_checkpoint_name, load_checkpoint
 from dropmae.engine.pretrain import METRICS_LOG, NonFiniteLossError, build_model, pretrain
 from dropmae.engine.schedule import learning_rate_at, scaled_learning_rate

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import imgviz
@@ -14,6 +13,7 @@ from PIL import Image
 
 from dropmae.models.dropmae import DropMAE
 from dropmae.segmentation import propagation
+from dropmae.segmentation.datasets import SegmentationSequence, read_davis
 from dropmae.segmentation.propagation import (
     PropagationSettings,
     encoder_input_size,
@@ -232,12 +232,13 @@ def test_bad_labels_are_rejected():
 
 
 # ----------------------------------------------------------------------------- probe
-@dataclass
-class TinySequence:
-    name: str
-    frames: list[Path]
-    annotations: dict[int, Path]
-    object_ids: list[int] = field(default_factory=list)
+def tiny_sequence(name: str, frames: list[Path], annotation: Path, object_ids=(1,)) -> SegmentationSequence:
+    """A DAVIS 2017 sequence annotated on its first frame only (the probe reads no other annotation)."""
+    with Image.open(frames[0]) as image:
+        size = (image.height, image.width)
+    object_ids = tuple(object_ids)
+    return SegmentationSequence(name, "davis2017", tuple(frames), {0: annotation}, object_ids,
+                                dict.fromkeys(object_ids, 0), size)
 
 
 def write_annotation(labels: np.ndarray, path: Path) -> Path:
@@ -260,7 +261,7 @@ def test_run_probe_writes_davis_palette_pngs(checkpoint_file, real_frames, tmp_p
     first[30:60, 90:140] = 3
     first[0:4, 0:4] = 255  # void: not an object
     annotation = write_annotation(first, tmp_path / "00000.png")
-    sequence = TinySequence("bikes", frames, {0: annotation}, object_ids=[1, 3])
+    sequence = tiny_sequence("bikes", frames, annotation, object_ids=[1, 3])
 
     settings = PropagationSettings(frame_short_side=None)
     timing = run_probe(path, [sequence], tmp_path / "results", settings, device="cpu")
@@ -291,11 +292,55 @@ def test_run_probe_names_a_bad_annotation(checkpoint_file, real_frames, tmp_path
         Image.fromarray(frame).save(frames[-1])
     small = write_annotation(np.zeros((32, 32), np.uint8), tmp_path / "small.png")
     with pytest.raises(ValueError, match="small.png"):
-        run_probe(path, [TinySequence("a", frames, {0: small})], tmp_path / "out", PropagationSettings())
+        run_probe(path, [tiny_sequence("a", frames, small)], tmp_path / "out", PropagationSettings())
     rgb = tmp_path / "rgb.png"
     Image.fromarray(real_frames[0]).save(rgb)
-    with pytest.raises(ValueError, match="rgb.png.*mode 'RGB'"):
-        run_probe(path, [TinySequence("a", frames, {0: rgb})], tmp_path / "out", PropagationSettings())
+    with pytest.raises(ValueError, match="rgb.png: RGB mask"):
+        run_probe(path, [tiny_sequence("a", frames, rgb)], tmp_path / "out", PropagationSettings())
+
+
+def write_davis_layout(root: Path, year: str, frames: np.ndarray, first: np.ndarray) -> Path:
+    """A DAVIS-2017-download folder with one val sequence "bikes" annotated on its first frame."""
+    frame_dir = root / "JPEGImages" / "480p" / "bikes"
+    mask_dir = root / "Annotations" / "480p" / "bikes"
+    frame_dir.mkdir(parents=True)
+    mask_dir.mkdir(parents=True)
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame).save(frame_dir / f"{index:05d}.jpg", quality=95)
+    write_annotation(first, mask_dir / "00000.png")
+    (root / "ImageSets" / year).mkdir(parents=True)
+    (root / "ImageSets" / year / "val.txt").write_text("bikes\n")
+    return root
+
+
+def test_run_probe_on_davis2016_takes_every_object_label_as_the_one_object(checkpoint_file, real_frames, tmp_path):
+    """DAVIS 2016 read from the DAVIS 2017 download: its masks hold objects 1 and 2, and 2016 scores
+    them as one object, so the probe propagates their union (not object 1 alone)."""
+    path, _ = checkpoint_file
+    first = np.zeros((64, 150), np.uint8)
+    first[10:40, 20:60] = 1
+    first[30:60, 90:140] = 2
+    first[0:4, 0:4] = 255  # void: not an object
+    union = ((first != 0) & (first != 255)).astype(np.uint8)
+    (sequence,) = read_davis(write_davis_layout(tmp_path / "davis", "2016", real_frames[:6], first), "2016", "val")
+    assert sequence.object_ids == (1,)
+    (binary,) = read_davis(write_davis_layout(tmp_path / "binary", "2017", real_frames[:6], union), "2017", "val")
+
+    settings = PropagationSettings(frame_short_side=None)
+    run_probe(path, [sequence], tmp_path / "results_2016", settings, device="cpu")
+    run_probe(path, [binary], tmp_path / "results_binary", settings, device="cpu")
+    predicted = []
+    for index in range(6):
+        with Image.open(tmp_path / "results_2016" / "bikes" / f"{index:05d}.png") as image:
+            predicted.append(np.array(image))
+    assert np.array_equal(predicted[0], union)
+    assert set(np.unique(np.stack(predicted)).tolist()) == {0, 1}
+    assert (predicted[-1] == 1).sum() > 0.3 * union.sum()  # both parts of the object survive, not just label 1
+    assert (predicted[-1][30:60, 90:140] == 1).sum() > 0.3 * (first == 2).sum()
+    # Exactly what the probe gives for the same object written as one label in a DAVIS 2017 mask.
+    for index in range(6):
+        name = f"bikes/{index:05d}.png"
+        assert (tmp_path / "results_2016" / name).read_bytes() == (tmp_path / "results_binary" / name).read_bytes()
 
 
 def test_chunked_affinity_and_upsampling_match_one_pass(monkeypatch):

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dropmae.data.images import davis_palette, write_label_mask
+from dropmae.demo.benchmark import DemoBenchmarkSettings, build_demo_benchmark
 from dropmae.segmentation.datasets import (
     SEGMENTATION_FORMATS,
     SegmentationDataError,
@@ -18,11 +20,9 @@ from dropmae.segmentation.datasets import (
     read_label_mask,
     read_segmentation_benchmark,
     read_youtube_vos,
-    write_label_mask,
 )
-from dropmae.tracking.demo_benchmark import DemoBenchmarkSettings, _davis_palette, build_demo_benchmark
 
-PALETTE = _davis_palette()
+PALETTE = list(davis_palette())
 
 
 def moving_objects(frames: int, height: int, width: int, objects: int, seed: int) -> np.ndarray:

@@ -12,6 +12,8 @@ from PIL import Image
 from vos_benchmark.benchmark import benchmark as vos_benchmark
 from vos_benchmark.evaluator import Evaluator
 
+from dropmae.data.images import davis_palette
+from dropmae.demo.benchmark import DemoBenchmarkSettings, build_demo_benchmark
 from dropmae.segmentation.datasets import SegmentationDataError, read_davis, read_label_mask, read_youtube_vos
 from dropmae.segmentation.metrics import (
     boundary_f_measure,
@@ -21,9 +23,8 @@ from dropmae.segmentation.metrics import (
     evaluate_davis,
     region_similarity,
 )
-from dropmae.tracking.demo_benchmark import DemoBenchmarkSettings, _davis_palette, build_demo_benchmark
 
-PALETTE = _davis_palette()
+PALETTE = list(davis_palette())
 
 
 def write_png(path: Path, labels: np.ndarray, mode: str = "P") -> None:

@@ -11,7 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dropmae.segmentation.datasets import read_davis, read_label_mask, write_label_mask
+from dropmae.data.images import to_normalized_tensor, write_label_mask
+from dropmae.demo.benchmark import DemoBenchmarkSettings, build_demo_benchmark
+from dropmae.segmentation.datasets import read_davis, read_label_mask
 from dropmae.segmentation.model import DropSeg
 from dropmae.segmentation.processing import (
     SegmentationCropSettings,
@@ -24,8 +26,6 @@ from dropmae.segmentation.segmenter import (
     run_segmentation_benchmark,
     run_segmentation_sequence,
 )
-from dropmae.tracking.demo_benchmark import DemoBenchmarkSettings, build_demo_benchmark
-from dropmae.tracking.processing import to_normalized_tensor
 
 NO_JITTER = {"brightness_jitter": 0.0, "contrast_jitter": 0.0, "saturation_jitter": 0.0}
 

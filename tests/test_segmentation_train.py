@@ -16,10 +16,10 @@ from PIL import Image
 from conftest import TINY
 from dropmae.config import PretrainRun, config_from_dict, config_to_dict
 from dropmae.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint
+from dropmae.demo.benchmark import DemoBenchmarkSettings, build_demo_benchmark
 from dropmae.engine.pretrain import build_model
 from dropmae.segmentation.datasets import SegmentationDataError, read_davis, read_label_mask
 from dropmae.segmentation.train import finetune_segmenter
-from dropmae.tracking.demo_benchmark import DemoBenchmarkSettings, build_demo_benchmark
 from dropmae.workflow import layout
 from dropmae.workflow.stages import evaluate_segmenter_stage, finetune_segmenter_stage, probe_stage
 

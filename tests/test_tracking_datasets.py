@@ -15,7 +15,6 @@ from dropmae.tracking.datasets import (
     TrackingDataError,
     TrackingSequence,
     list_frames,
-    natural_sort_key,
     read_benchmark,
     read_box_file,
     read_coco_boxes,
@@ -199,11 +198,6 @@ def test_label_parser_both_layouts(tmp_path):
     np.testing.assert_array_equal(one_line, [0, 1, 0])
     with pytest.raises(TrackingDataError, match=r"out_of_view\.txt:1: not an integer label: '0\.5'"):
         read_label_file(write_text(tmp_path / "out_of_view.txt", "0,0.5,1\n"))
-
-
-def test_natural_sort():
-    names = ["10.jpg", "2.jpg", "1.jpg", "frame_10.png", "frame_9.png"]
-    assert sorted(names, key=natural_sort_key) == ["1.jpg", "2.jpg", "10.jpg", "frame_9.png", "frame_10.png"]
 
 
 def test_list_frames_errors(tmp_path):

@@ -11,11 +11,12 @@ import torch
 
 from conftest import TINY
 from dropmae.config import PretrainRun, config_from_dict
+from dropmae.data.images import read_rgb
+from dropmae.demo.benchmark import DemoBenchmarkSettings, build_demo_benchmark
 from dropmae.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint
 from dropmae.engine.pretrain import build_model
 from dropmae.tracking.datasets import read_got10k
-from dropmae.tracking.demo_benchmark import DemoBenchmarkSettings, build_demo_benchmark
-from dropmae.tracking.processing import CropSettings, TrackingPairDataset, crop_around, read_rgb
+from dropmae.tracking.processing import CropSettings, TrackingPairDataset, crop_around
 from dropmae.tracking.tracker import DropTracker, TrackerSettings, hann_window_2d, run_first_box_baseline, run_sequence
 from dropmae.tracking.train import finetune_tracker, keep_ratio_at, load_finetuned_tracker, training_sequences
 from dropmae.workflow.stages import evaluate_tracker_stage

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from dropmae.config import config_to_dict, json_schema, load_config
-from dropmae.tracking.demo_benchmark import DemoBenchmarkSettings
+from dropmae.demo.benchmark import DemoBenchmarkSettings
 from dropmae.workflow import layout, stages
 from workflow_support import (
     REPO,

@@ -23,9 +23,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from dropmae.config import config_from_dict  # noqa: E402
+from dropmae.data.images import normalized_to_image  # noqa: E402
 from dropmae.data.pairs import FramePairDataset, whole_frame_pairs  # noqa: E402
 from dropmae.models.dropmae import DropMAE  # noqa: E402
-from dropmae.viz.reconstruct import _to_image, load_pretrained  # noqa: E402
+from dropmae.viz.reconstruct import load_pretrained  # noqa: E402
 
 DISPLAY_NAMES = {"twinmae": "TwinMAE", "dropmae": "DropMAE"}
 SHARE_COLUMNS = ("layer", "within_frame", "between_frame")
@@ -258,7 +259,7 @@ def save_temporal_matching_heatmap(
 
     figure, axes = plt.subplots(count, 4, figsize=(4 * 2.6, count * 2.4 + 0.5), squeeze=False, layout="constrained")
     for pair in range(count):
-        images = [_to_image(frames[pair, frame]).numpy() for frame in range(2)]
+        images = [normalized_to_image(frames[pair, frame]).numpy() for frame in range(2)]
         for frame in range(2):
             axes[pair, frame].imshow(images[frame])
             overlay_axis = axes[pair, 2 + frame]

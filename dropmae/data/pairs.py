@@ -27,13 +27,11 @@ from torch.utils.data import get_worker_info
 from torchvision.transforms import InterpolationMode, v2
 
 from dropmae.data.device_decode import EncodedPairs
+from dropmae.data.images import IMAGENET_MEAN, IMAGENET_STD
 from dropmae.data.manifest import frame_path, read_manifest
 from dropmae.data.packed import PackedIndex, PackedReader
 from dropmae.data.sampler import EpochSeededDataset
 from dropmae.data.video_index import VideoEntry, index_videos
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def sample_frame_pair(num_frames: int, max_gap: int, rng: np.random.Generator) -> tuple[int, int]:

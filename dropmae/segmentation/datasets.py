@@ -34,7 +34,6 @@ Layouts (as the official downloads ship them):
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from collections.abc import Sequence
@@ -44,8 +43,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from dropmae.data.images import natural_sort_key, visible_file_names
 from dropmae.data.name_list import read_name_list
-from dropmae.tracking.datasets import natural_sort_key, visible_file_names
 
 SEGMENTATION_FORMATS = ("davis2017", "davis2016", "youtube_vos")
 
@@ -135,17 +134,6 @@ class SegmentationSequence:
 # ---------------------------------------------------------------------------- mask files
 
 
-@functools.lru_cache(maxsize=1)
-def davis_palette() -> tuple[int, ...]:
-    """The DAVIS / PASCAL VOC palette as a flat (r, g, b) * 256 tuple: 0 black, 1 dark red, 2 green...
-
-    imgviz's label_colormap is that palette (the demo benchmark writes its masks with it).
-    """
-    import imgviz  # imports matplotlib: only when a mask is written
-
-    return tuple(imgviz.label_colormap().astype(np.uint8).ravel().tolist())
-
-
 def _open_image(path: Path, what: str) -> Image.Image:
     try:
         return Image.open(path)
@@ -170,7 +158,8 @@ def read_label_mask(path: str | os.PathLike, *, binary: bool = False) -> np.ndar
     A palette ("P") PNG gives its palette indices (0 background, k object k, 255 void).
     A greyscale ("L" or "1") mask is a DAVIS-2016 0/255 mask and reads as {0, 1}; other
     grey values are an error (they would be indices written without a palette, or an
-    anti-aliased mask). ``binary``: every non-zero non-void label becomes 1.
+    anti-aliased mask). ``binary``: every non-zero non-void label becomes 1. (The writer is
+    :func:`dropmae.data.images.write_label_mask`.)
     """
     path = Path(path)
     with _open_image(path, "mask") as image:
@@ -192,35 +181,6 @@ def read_label_mask(path: str | os.PathLike, *, binary: bool = False) -> np.ndar
                 "object indices or a DAVIS 2016 0/255 mask"
             )
     return (values != 0).astype(np.uint8)
-
-
-def write_label_mask(
-    path: str | os.PathLike, labels: np.ndarray, palette: Sequence[int] | np.ndarray | None = None
-) -> Path:
-    """Write labels [H, W] (integers 0..255) as an 8-bit palette PNG; returns the path.
-
-    ``palette``: flat (r, g, b, ...) or [N, 3] colours; None gives the DAVIS palette. The
-    file is written next to its destination and renamed into place, so a reader never
-    sees half a PNG. Parent folders are created.
-    """
-    path = Path(path)
-    labels = np.asarray(labels)
-    if labels.ndim != 2 or labels.dtype.kind not in "iub":
-        raise ValueError(f"{path}: labels must be an integer array [H, W], got {labels.dtype} {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() > 255):
-        raise ValueError(f"{path}: labels must lie in 0..255, got {labels.min()}..{labels.max()}")
-    flat_palette = list(davis_palette()) if palette is None else np.asarray(palette, dtype=np.uint8).ravel().tolist()
-    image = Image.fromarray(labels.astype(np.uint8))  # mode "L"; putpalette makes it "P", indices unchanged
-    image.putpalette(flat_palette)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        image.save(partial, format="PNG")
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return path
 
 
 # ---------------------------------------------------------------------------- listing

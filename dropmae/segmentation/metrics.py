@@ -45,13 +45,8 @@ import cv2
 import numpy as np
 from skimage.morphology import disk
 
-from dropmae.segmentation.datasets import (
-    VOID_LABEL,
-    SegmentationDataError,
-    SegmentationSequence,
-    _open_image,
-    write_label_mask,
-)
+from dropmae.data.images import write_label_mask
+from dropmae.segmentation.datasets import VOID_LABEL, SegmentationDataError, SegmentationSequence, _open_image
 
 DEFAULT_BOUND_TH = 0.008
 RECALL_THRESHOLD = 0.5

@@ -34,6 +34,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
+from dropmae.data.images import read_rgb, to_normalized_tensor
 from dropmae.data.sampler import EpochSeededDataset
 from dropmae.segmentation.datasets import (
     VOID_LABEL,
@@ -41,7 +42,6 @@ from dropmae.segmentation.datasets import (
     SegmentationSequence,
     read_label_mask,
 )
-from dropmae.tracking.processing import read_rgb, to_normalized_tensor
 
 # A drawn pair is redrawn (same item generator) when it is unusable (no object in the reference
 # frame, the object lost in the crop); after this many draws the item is an error.

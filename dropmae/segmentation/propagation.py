@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import imgviz
 import numpy as np
 import torch
 import torch.nn as nn
@@ -29,10 +28,10 @@ import torch.nn.functional as F
 from PIL import Image
 from timm.layers import build_sincos2d_pos_embed
 
-from dropmae.data.pairs import IMAGENET_MEAN, IMAGENET_STD
+from dropmae.data.images import read_rgb, to_normalized_tensor, write_label_mask
 from dropmae.engine.checkpoint import load_checkpoint
 from dropmae.models.dropmae import DropMAE
-from dropmae.tracking.processing import read_rgb
+from dropmae.segmentation.datasets import SegmentationSequence
 
 POSITION_MODES = ("rebuild", "interpolate")
 # Affinity logits held at once in one propagation step (queries x memory cells); bounds memory
@@ -202,12 +201,9 @@ class FrameEncoder(nn.Module):
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(f"expected uint8 RGB frames [T, H, W, 3], got {images.dtype} {images.shape}")
         device = self.first_frame_embed.device
-        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
         outputs = []
         for start in range(0, images.shape[0], self.batch_size):
-            batch = torch.from_numpy(images[start : start + self.batch_size]).to(device).permute(0, 3, 1, 2)
-            outputs.append(self((batch.float() / 255 - mean) / std, short_side))
+            outputs.append(self(to_normalized_tensor(images[start : start + self.batch_size], device), short_side))
         return torch.cat(outputs)
 
 
@@ -359,36 +355,18 @@ def propagate_labels(
 
 
 # ------------------------------------------------------------------------------ probe
-def read_palette_labels(path: str | Path) -> np.ndarray:
-    """A DAVIS annotation (palette or greyscale PNG) as its index map [H, W] uint8."""
-    try:
-        with Image.open(path) as image:
-            if image.mode not in ("P", "L"):
-                raise ValueError(f"{path}: annotation must be a palette ('P') or greyscale PNG, got mode {image.mode!r}")
-            return np.array(image)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: annotation does not exist") from None
-
-
-def write_palette_labels(labels: np.ndarray, path: str | Path) -> None:
-    """Write [H, W] uint8 labels as an index PNG with the DAVIS palette (imgviz.label_colormap)."""
-    image = Image.fromarray(labels)  # "L"; putpalette turns it into a "P" image
-    image.putpalette(imgviz.label_colormap().flatten().tolist())
-    image.save(path)
-
-
 def run_probe(
     checkpoint: str | Path | Mapping[str, Any] | FrameEncoder,
-    sequences: Iterable[Any],
+    sequences: Iterable[SegmentationSequence],
     result_root: str | Path,
     settings: PropagationSettings = PropagationSettings(),
     device: str | torch.device = "cpu",
 ) -> dict[str, float]:
     """Segment each sequence from its first-frame annotation; write DAVIS result PNGs.
 
-    ``sequences``: objects with ``name``, ``frames`` (sorted image paths), ``annotations``
-    ({frame index: palette PNG path}; only frame 0 is used, the semi-supervised protocol) and
-    optionally ``object_ids`` (labels in frame 0 outside them, e.g. 255 = void, become background).
+    ``sequences``: benchmark sequences; only the annotation of frame 0 is used (the
+    semi-supervised protocol), read as the benchmark's format says (DAVIS 2016: every object
+    label is object 1), and labels outside ``object_ids`` (e.g. 255 = void) become background.
     Writes ``result_root/<name>/<frame stem>.png`` for every frame, frame 0 included. Returns
     {"sequences", "frames", "seconds", "frames_per_second"}; seconds count encoding and
     propagation (reading and writing images excluded).
@@ -400,10 +378,8 @@ def run_probe(
     for sequence in sequences:
         if not sequence.frames or 0 not in sequence.annotations:
             raise ValueError(f"sequence {sequence.name!r}: needs frames and an annotation of frame 0")
-        first_labels = read_palette_labels(sequence.annotations[0])
-        object_ids = getattr(sequence, "object_ids", None)
-        if object_ids is not None:
-            first_labels = np.where(np.isin(first_labels, list(object_ids)), first_labels, 0).astype(np.uint8)
+        first_labels = sequence.read_annotation(0)
+        first_labels = np.where(np.isin(first_labels, list(sequence.object_ids)), first_labels, 0).astype(np.uint8)
         _check_frame_sizes(sequence)
         images = np.stack([read_rgb(path) for path in sequence.frames])
         if images.shape[1:3] != first_labels.shape:
@@ -420,10 +396,8 @@ def run_probe(
         total_frames += len(images)
         count += 1
 
-        folder = result_root / sequence.name
-        folder.mkdir(parents=True, exist_ok=True)
-        for frame_path, frame_labels in zip(sequence.frames, labels.numpy()):
-            write_palette_labels(frame_labels, folder / f"{Path(frame_path).stem}.png")
+        for index, frame_labels in enumerate(labels.numpy()):
+            write_label_mask(result_root / sequence.name / sequence.mask_name(index), frame_labels)
     return {
         "sequences": count,
         "frames": total_frames,

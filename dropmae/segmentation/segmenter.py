@@ -23,15 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dropmae.data.pairs import IMAGENET_MEAN, IMAGENET_STD
-from dropmae.segmentation.datasets import (
-    VOID_LABEL,
-    SegmentationSequence,
-    write_label_mask,
-)
+from dropmae.data.images import read_rgb, to_normalized_tensor, write_label_mask
+from dropmae.segmentation.datasets import VOID_LABEL, SegmentationSequence
 from dropmae.segmentation.model import DropSeg, soft_aggregate
 from dropmae.segmentation.propagation import encoder_input_size
-from dropmae.tracking.processing import read_rgb
 
 
 @dataclass(frozen=True)
@@ -63,8 +58,6 @@ class DropSegmenter:
         self.model = model.eval().to(device)
         self.settings = settings
         self.device = torch.device(device)
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(3, 1, 1)
         self.frame_size: tuple[int, int] | None = None  # (H, W) of the video's frames
         self.input_size: tuple[int, int] | None = None  # (H', W') the model sees
         self._ids: torch.Tensor | None = None  # [K] object ids
@@ -79,8 +72,7 @@ class DropSegmenter:
         if self.frame_size is not None and rgb.shape[:2] != self.frame_size:
             raise ValueError(f"frame is {rgb.shape[1]}x{rgb.shape[0]} (WxH) but the first frame was "
                              f"{self.frame_size[1]}x{self.frame_size[0]}")
-        tensor = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device).permute(2, 0, 1).float().div_(255)
-        tensor = (tensor - self._mean) / self._std
+        tensor = to_normalized_tensor(rgb, self.device)
         if tuple(tensor.shape[-2:]) != self.input_size:
             tensor = F.interpolate(tensor[None], size=self.input_size, mode="bilinear", align_corners=False,
                                    antialias=True)[0]

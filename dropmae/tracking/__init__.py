@@ -1,2 +1,2 @@
 """DropTrack: the one-stream tracker fine-tuned from a DropMAE checkpoint, its benchmark
-readers, the embedded demo benchmark, inference and official-protocol evaluation."""
+readers, inference and official-protocol evaluation (the demo benchmark: :mod:`dropmae.demo.benchmark`)."""

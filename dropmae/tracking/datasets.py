@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dropmae.data.images import natural_sort_key, visible_file_names
 from dropmae.data.name_list import read_name_list
 
 BENCHMARKS = ("got10k", "lasot", "trackingnet", "tnl2k", "coco")
@@ -45,7 +46,6 @@ COCO_MIN_BOX_SIZE = 1.0
 # differ, and some LaSOT/TNL2K files mix them within a file or a line. A doubled comma
 # leaves an empty field, which is reported rather than merged away.
 _FIELD_SEPARATOR = re.compile(r"\s*,\s*|\s+")
-_DIGIT_RUNS = re.compile(r"(\d+)")
 _TRACKINGNET_CHUNK = re.compile(r"TRAIN_\d+|TEST")
 
 
@@ -195,29 +195,6 @@ def _read_language(path: Path) -> str | None:
 
 
 # ---------------------------------------------------------------------------- frames
-
-
-def natural_sort_key(name: str) -> tuple:
-    """Sort key comparing digit runs as numbers: ``2.jpg`` < ``10.jpg``, ``frame_9`` < ``frame_10``."""
-    # re.split with a capture group alternates text, digits, text...: positions agree in type.
-    parts = _DIGIT_RUNS.split(name)
-    return tuple(int(part) if index % 2 else part for index, part in enumerate(parts)) + (name,)
-
-
-def visible_file_names(folder: Path, suffixes: Sequence[str]) -> list[str]:
-    """Names of the non-hidden files of ``folder`` ending in one of ``suffixes`` (any case), unsorted.
-
-    One ``scandir`` pass: no per-file stat on most file systems. Raises FileNotFoundError or
-    NotADirectoryError for a missing folder or a file.
-    """
-    with os.scandir(folder) as entries:
-        return [
-            entry.name
-            for entry in entries
-            if not entry.name.startswith(".")
-            and os.path.splitext(entry.name)[1].lower() in suffixes
-            and entry.is_file()
-        ]
 
 
 def list_frames(

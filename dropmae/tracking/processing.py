@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-from dropmae.data.pairs import IMAGENET_MEAN, IMAGENET_STD
+from dropmae.data.images import imagenet_mean_std, read_rgb, to_normalized_tensor
 from dropmae.data.sampler import EpochSeededDataset
 from dropmae.tracking.datasets import TrackingSequence
 
@@ -25,16 +24,7 @@ from dropmae.tracking.datasets import TrackingSequence
 # this many tries the sequence is reported as the problem.
 MAX_SAMPLE_TRIES = 100
 
-_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-
-
-def read_rgb(path: str | Path) -> np.ndarray:
-    """uint8 [H, W, 3] RGB; a missing or unreadable frame is an error naming the file."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(f"{path}: frame is missing or not a readable image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+_MEAN, _STD = imagenet_mean_std()
 
 
 @dataclass(frozen=True)
@@ -72,12 +62,6 @@ def crop_around(image: np.ndarray, box_xywh, factor: float, size: int) -> Crop:
     matrix = np.array([[scale, 0.0, -left * scale + shift], [0.0, scale, -top * scale + shift]])
     crop = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return Crop(crop, (float(left), float(top)), scale)
-
-
-def to_normalized_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 [H, W, 3] -> float32 [3, H, W], ImageNet-normalised."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    return (tensor - _MEAN) / _STD
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dropmae.data.images import read_rgb, to_normalized_tensor
 from dropmae.tracking.boxes import clip_box_xywh
 from dropmae.tracking.datasets import TrackingSequence
 from dropmae.tracking.model import DropTrack
-from dropmae.tracking.processing import crop_around, read_rgb, to_normalized_tensor
+from dropmae.tracking.processing import crop_around
 from dropmae.tracking.results import write_box_result, write_got10k_result
 
 

@@ -12,8 +12,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from dropmae.segmentation.datasets import SegmentationSequence, davis_palette, read_label_mask  # noqa: E402
-from dropmae.tracking.processing import read_rgb  # noqa: E402
+from dropmae.data.images import davis_palette, read_rgb  # noqa: E402
+from dropmae.segmentation.datasets import SegmentationSequence, read_label_mask  # noqa: E402
 
 
 def save_mask_overlays(sequences: Sequence[SegmentationSequence], result_root: str | Path, path: str | Path,

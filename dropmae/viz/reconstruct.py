@@ -11,13 +11,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from dropmae.config import PretrainRun, config_from_dict  # noqa: E402
+from dropmae.data.images import normalized_to_image  # noqa: E402
 from dropmae.data.pairs import whole_frame_pairs  # noqa: E402
 from dropmae.engine.checkpoint import load_checkpoint  # noqa: E402
 from dropmae.engine.pretrain import build_model  # noqa: E402
 from dropmae.models.dropmae import DropMAE  # noqa: E402
-
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
 
 
 def load_pretrained(checkpoint_path: str | Path) -> tuple[DropMAE, dict]:
@@ -47,10 +45,6 @@ def reconstruct_pairs(model: DropMAE, frames: torch.Tensor, seed: int = 0):
     return frames, masked, reconstruction
 
 
-def _to_image(normalised: torch.Tensor) -> torch.Tensor:
-    return (normalised * IMAGENET_STD + IMAGENET_MEAN).clamp(0, 1).permute(1, 2, 0)
-
-
 def save_reconstruction_grid(
     checkpoint_path: str | Path,
     frames_root: str | Path,
@@ -74,7 +68,7 @@ def save_reconstruction_grid(
             row = 2 * pair + frame
             for col, images in enumerate((original, masked, reconstruction)):
                 axis = axes[row, col]
-                axis.imshow(_to_image(images[pair, frame]).numpy())
+                axis.imshow(normalized_to_image(images[pair, frame]).numpy())
                 axis.set_xticks([]), axis.set_yticks([])
                 if row == 0:
                     axis.set_title(columns[col], fontsize=9)

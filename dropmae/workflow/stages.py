@@ -34,7 +34,7 @@ ANALYSIS_KEYS = ("heldout_pairs", "batch_size", "seed", "figure_pairs")
 
 
 def build_demo_videos(output_dir: str | Path) -> Path:
-    from dropmae.demo import build_demo_video_tree
+    from dropmae.demo.videos import build_demo_video_tree
 
     return build_demo_video_tree(output_dir, clip_frames=20)
 
@@ -197,7 +197,7 @@ TRACKING_TEST_KEYS = ("template_factor", "search_factor", "clip_margin")
 
 def build_demo_benchmark_stage(videos_root: str | Path, summary_path: str | Path) -> dict:
     """The embedded tracking / segmentation benchmark, next to its summary."""
-    from dropmae.tracking.demo_benchmark import DemoBenchmarkSettings, build_demo_benchmark
+    from dropmae.demo.benchmark import DemoBenchmarkSettings, build_demo_benchmark
 
     summary_path = ensure_parent(summary_path)
     # Val targets are objects also seen in training: the bank has 17 objects, too few for a

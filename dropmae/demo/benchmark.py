@@ -55,6 +55,7 @@ import imgviz
 import numpy as np
 from PIL import Image
 
+from dropmae.data.images import write_label_mask
 from dropmae.data.video_index import index_videos
 
 SPLITS = ("train", "val")
@@ -684,11 +685,6 @@ def _jpeg_bytes(frame: np.ndarray, quality: int) -> bytes:
     return buffer.getvalue()
 
 
-def _davis_palette() -> list[int]:
-    """The DAVIS / PASCAL VOC palette (index 0 black, 1 dark red, 2 green, ...) as a flat list."""
-    return imgviz.label_colormap().astype(np.uint8).ravel().tolist()
-
-
 def write_got10k_sequence(
     sequence_dir: Path, sequence: PseudoSequence, jpegs: Sequence[bytes], meta: dict[str, Any]
 ) -> None:
@@ -716,12 +712,9 @@ def write_davis_sequence(davis_root: Path, name: str, sequence: PseudoSequence, 
     mask_dir = davis_root / "Annotations" / "480p" / name
     image_dir.mkdir(parents=True)
     mask_dir.mkdir(parents=True)
-    palette = _davis_palette()
     for index, (data, mask) in enumerate(zip(jpegs, sequence.masks)):
         (image_dir / f"{index:05d}.jpg").write_bytes(data)
-        image = Image.fromarray(mask)  # mode "L"; putpalette turns it into "P" with the indices unchanged
-        image.putpalette(palette)
-        image.save(mask_dir / f"{index:05d}.png")
+        write_label_mask(mask_dir / f"{index:05d}.png", mask)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -798,7 +791,7 @@ def _write_benchmark(
             if settings.objects_per_sequence > 1:
                 davis_jpegs = [_jpeg_bytes(frame, settings.jpeg_quality) for frame in sequence.frames]
             meta = {
-                "url": "none (rendered by dropmae.tracking.demo_benchmark)",
+                "url": "none (rendered by dropmae.demo.benchmark)",
                 "object_class": texture_class(sequence.object_names[0]),
                 "object_texture": sequence.object_names[0],
                 "davis_other_objects": " ".join(sequence.object_names[1:]) or "none",  # not in these frames
