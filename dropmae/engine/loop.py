@@ -15,7 +15,7 @@ import json
 import math
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +180,221 @@ def _agree_any(flag: bool, context: DistributedContext, device: torch.device) ->
     return bool(value.item())
 
 
+@dataclass
+class _Position:
+    """Where a run stands: ``epoch`` epochs done and ``step`` optimiser steps into the next one,
+    ``global_step`` steps in all; ``steps_this_call`` and ``last_loss`` of this call."""
+
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    steps_this_call: int = 0
+    last_loss: float | None = None
+
+
+@dataclass
+class _Run:
+    """What stays fixed while one call trains: the task, its optimiser and scaler, the data order, where it writes."""
+
+    task: TrainingTask
+    settings: LoopSettings
+    context: DistributedContext
+    device: torch.device
+    sampler: ResumableEpochSampler
+    steps_per_epoch: int
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    output_dir: Path
+    log: _MetricsLog
+
+    @property
+    def last_path(self) -> Path:
+        return self.output_dir / LAST_CHECKPOINT
+
+
+@dataclass
+class _EpochResult:
+    losses: list[float] = field(default_factory=list)  # per optimiser step
+    stats: dict[str, list[float]] = field(default_factory=dict)  # per micro-batch
+    stop_reason: str | None = None  # the ranks agreed to stop after the last step: a signal name or "stop_after_steps"
+    finished: bool = False  # False: stopped mid-epoch, checkpoint-last written at the step reached
+
+
+def _prepare(task: TrainingTask, settings: LoopSettings, output_dir: Path, context: DistributedContext,
+             device: torch.device) -> _Run:
+    """The output folder, this rank's data order, the optimiser and the gradient scaler."""
+    s = settings
+    output_dir.mkdir(parents=True, exist_ok=True)
+    task.dataset.set_rank(context.rank)
+    sampler = ResumableEpochSampler(len(task.dataset), s.seed, context.rank, context.world_size)
+    micro_batches_per_epoch = sampler.samples_per_rank // s.batch_size
+    steps_per_epoch = micro_batches_per_epoch // s.accum_iter
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{task.describe_data()} give {sampler.samples_per_rank} samples per process per epoch, "
+            f"fewer than {task.config_section}.batch_size x {task.config_section}.accum_iter = "
+            f"{s.batch_size * s.accum_iter}"
+        )
+    optimizer = task.build_optimizer(fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(s.precision, device) == torch.float16)
+    log = _MetricsLog(output_dir / METRICS_LOG, context.is_main)
+    return _Run(task, s, context, device, sampler, steps_per_epoch, optimizer, scaler, output_dir, log)
+
+
+def resume(run: _Run) -> _Position:
+    """Model, optimiser, scaler and this rank's RNG state from checkpoint-last, if the folder has one."""
+    if not run.last_path.is_file():
+        return _Position()
+    state = load_checkpoint(run.last_path)
+    run.task.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scaler.load_state_dict(state["scaler"])
+    rng_states = state["rng"]
+    if len(rng_states) != run.context.world_size:
+        raise RuntimeError(
+            f"{run.last_path} was written by {len(rng_states)} processes; this run has {run.context.world_size}"
+        )
+    restore_rng_state(rng_states[run.context.rank])
+    return _Position(state["epoch"], state["step_in_epoch"], state["global_step"])
+
+
+def save_checkpoint(run: _Run, position: _Position) -> None:
+    """checkpoint-last at ``position``, with every rank's RNG state (all ranks call it; the main one writes)."""
+    rng_states = gather_objects(capture_rng_state(), run.context)
+    if not run.context.is_main:
+        return
+    atomic_torch_save(
+        {
+            "model": run.task.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "epoch": position.epoch,
+            "step_in_epoch": position.step,
+            "global_step": position.global_step,
+            "steps_per_epoch": run.steps_per_epoch,
+            "rng": rng_states,
+            **run.task.checkpoint_fields(),
+        },
+        run.last_path,
+    )
+
+
+def _training_model(model: torch.nn.Module, context: DistributedContext, device: torch.device,
+                    compile: bool) -> torch.nn.Module:
+    """The model the steps run: DDP-wrapped when distributed, then compiled if asked."""
+    if context.enabled:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile:  # compiled after wrapping, so DDP's bucketed all-reduce is split into the graph
+        model = torch.compile(model)
+    return model
+
+
+def train_one_epoch(run: _Run, train_model: torch.nn.Module, position: _Position, autocast: Any,
+                    stop: _StopRequest, stop_after_steps: int | None, bar: tqdm) -> _EpochResult:
+    """Epoch ``position.epoch`` from step ``position.step`` on; ``position`` moves with every optimiser step.
+
+    Writes checkpoint-last every ``checkpoint_every_steps`` and, when the ranks agree to stop,
+    at the step reached and returns early (``finished`` False). The checkpoint at the end of
+    the epoch is the caller's.
+    """
+    task, s, context, device = run.task, run.settings, run.context, run.device
+    epoch, steps_per_epoch = position.epoch, run.steps_per_epoch
+    task.dataset.set_epoch(epoch)
+    task.begin_epoch(epoch)
+    run.sampler.set_epoch(epoch, start=position.step * s.accum_iter * s.batch_size)
+    loader = DataLoader(
+        task.dataset,
+        batch_size=s.batch_size,
+        sampler=run.sampler,
+        num_workers=s.num_workers,
+        worker_init_fn=seed_worker,
+        collate_fn=task.collate_fn,
+        # Worker base seeds come from this generator, not the global RNG, so
+        # (re)starting a loader mid-epoch leaves the model's RNG stream alone.
+        generator=torch.Generator().manual_seed(derive_seed(s.seed, epoch, context.rank)),
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        persistent_workers=False,
+    )
+    batches = iter(loader)
+    task.model.train()
+    result = _EpochResult()
+    bar.set_description(f"{task.name} epoch {epoch + 1}/{s.epochs}")
+    for step in range(position.step, steps_per_epoch):
+        lr = task.learning_rate(epoch + step / steps_per_epoch)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        step_loss = 0.0
+        for micro in range(s.accum_iter):
+            batch = move_to_device(next(batches), device)
+            sync = contextlib.nullcontext()
+            if context.enabled and micro < s.accum_iter - 1:
+                sync = train_model.no_sync()
+            with sync:
+                with autocast:
+                    loss, stats = task.compute_loss(train_model, batch)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise NonFiniteLossError(
+                        f"non-finite loss {loss_value} at epoch {epoch}, step {step} "
+                        f"(global step {position.global_step}, micro-batch {micro}); "
+                        f"{run.last_path} is left as the last good checkpoint"
+                    )
+                run.scaler.scale(loss / s.accum_iter).backward()
+            step_loss += loss_value / s.accum_iter
+            for key, value in stats.items():
+                result.stats.setdefault(key, []).append(value)
+        if s.grad_clip_norm:
+            run.scaler.unscale_(run.optimizer)
+            torch.nn.utils.clip_grad_norm_(task.model.parameters(), s.grad_clip_norm)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.optimizer.zero_grad(set_to_none=True)
+        position.step = step + 1
+        position.global_step += 1
+        position.steps_this_call += 1
+        position.last_loss = step_loss
+        result.losses.append(step_loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+        if position.global_step % s.log_every_steps == 0:
+            run.log.write(event="step", epoch=epoch, step=step, global_step=position.global_step, lr=lr,
+                          loss=step_loss)
+
+        stop_now = _agree_any(
+            stop.signal_name is not None
+            or (stop_after_steps is not None and position.steps_this_call >= stop_after_steps),
+            context,
+            device,
+        )
+        result.stop_reason = (stop.signal_name or "stop_after_steps") if stop_now else None
+        periodic = s.checkpoint_every_steps > 0 and position.global_step % s.checkpoint_every_steps == 0
+        if (stop_now or periodic) and position.step < steps_per_epoch:
+            save_checkpoint(run, position)
+        if stop_now and position.step < steps_per_epoch:
+            return result
+    del batches, loader  # the loader's workers end before the epoch's checkpoint is written
+    result.finished = True
+    return result
+
+
+def _end_epoch(run: _Run, position: _Position, result: _EpochResult) -> None:
+    """checkpoint-last (and a kept copy) after a completed epoch, and the epoch's line in the log."""
+    save_checkpoint(run, position)
+    if run.context.is_main and position.epoch in run.settings.keep_epochs:
+        atomic_copy(run.last_path, run.output_dir / epoch_checkpoint_name(position.epoch))
+    mean_loss = sum(result.losses) / max(len(result.losses), 1)
+    means = {key: sum(values) / len(values) for key, values in result.stats.items()}
+    run.log.write(event="epoch", epoch=position.epoch, global_step=position.global_step, train_loss=mean_loss,
+                  time=time.time(), **means)
+
+
+def _interrupted(run: _Run, position: _Position, reason: str) -> TrainingOutcome:
+    run.log.write(event="interrupted", reason=reason, epoch=position.epoch, step=position.step,
+                  global_step=position.global_step)
+    return TrainingOutcome("interrupted", position.epoch, position.global_step, run.last_path, position.last_loss, reason)
+
+
 def run_training(
     task: TrainingTask,
     settings: LoopSettings,
@@ -196,174 +411,33 @@ def run_training(
     writing checkpoint-last as an interruption would (used to test exact resume).
     """
     s = settings
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    run = _prepare(task, settings, Path(output_dir), context, device)
+    position = resume(run)
+    train_model = _training_model(task.model, context, device, s.compile)
+    if context.is_main and position.epoch == 0 and position.step == 0:
+        run.log.write(event="start", **task.start_record(), steps_per_epoch=run.steps_per_epoch,
+                      samples=len(task.dataset), world_size=context.world_size)
+    if position.epoch >= s.epochs:
+        return TrainingOutcome("completed", position.epoch, position.global_step, run.last_path, None)
+
     amp_dtype = autocast_dtype(s.precision, device)
-    model, dataset = task.model, task.dataset
-    dataset.set_rank(context.rank)
-    sampler = ResumableEpochSampler(len(dataset), s.seed, context.rank, context.world_size)
-    micro_batches_per_epoch = sampler.samples_per_rank // s.batch_size
-    steps_per_epoch = micro_batches_per_epoch // s.accum_iter
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"{task.describe_data()} give {sampler.samples_per_rank} samples per process per epoch, "
-            f"fewer than {task.config_section}.batch_size x {task.config_section}.accum_iter = "
-            f"{s.batch_size * s.accum_iter}"
-        )
-    optimizer = task.build_optimizer(fused=device.type == "cuda")
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
-    start_epoch, start_step, global_step = 0, 0, 0
-    last_path = output_dir / LAST_CHECKPOINT
-    if last_path.is_file():
-        state = load_checkpoint(last_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, start_step, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        rng_states = state["rng"]
-        if len(rng_states) != context.world_size:
-            raise RuntimeError(f"{last_path} was written by {len(rng_states)} processes; this run has {context.world_size}")
-        restore_rng_state(rng_states[context.rank])
-
-    train_model = model
-    if context.enabled:
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if s.compile:  # compiled after wrapping, so DDP's bucketed all-reduce is split into the graph
-        train_model = torch.compile(train_model)
-
-    log = _MetricsLog(output_dir / METRICS_LOG, context.is_main)
-    if context.is_main and start_epoch == 0 and start_step == 0:
-        log.write(event="start", **task.start_record(), steps_per_epoch=steps_per_epoch, samples=len(dataset),
-                  world_size=context.world_size)
-
-    def save(epoch: int, step_in_epoch: int) -> None:
-        rng_states = gather_objects(capture_rng_state(), context)
-        if not context.is_main:
-            return
-        atomic_torch_save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "epoch": epoch,
-                "step_in_epoch": step_in_epoch,
-                "global_step": global_step,
-                "steps_per_epoch": steps_per_epoch,
-                "rng": rng_states,
-                **task.checkpoint_fields(),
-            },
-            last_path,
-        )
-
-    if start_epoch >= s.epochs:
-        return TrainingOutcome("completed", start_epoch, global_step, last_path, None)
-
-    last_loss: float | None = None
-    steps_this_call = 0
-    autocast = (
-        torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
-    )
-    bar = tqdm(
-        total=steps_per_epoch * s.epochs,
-        initial=global_step,
-        desc=task.name,
-        unit="step",
-        disable=not (progress and context.is_main),
-    )
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    bar = tqdm(total=run.steps_per_epoch * s.epochs, initial=position.global_step, desc=task.name, unit="step",
+               disable=not (progress and context.is_main))
     with _StopRequest() as stop, bar:
-        for epoch in range(start_epoch, s.epochs):
-            first_step = start_step if epoch == start_epoch else 0
-            dataset.set_epoch(epoch)
-            task.begin_epoch(epoch)
-            sampler.set_epoch(epoch, start=first_step * s.accum_iter * s.batch_size)
-            loader = DataLoader(
-                dataset,
-                batch_size=s.batch_size,
-                sampler=sampler,
-                num_workers=s.num_workers,
-                worker_init_fn=seed_worker,
-                collate_fn=task.collate_fn,
-                # Worker base seeds come from this generator, not the global RNG, so
-                # (re)starting a loader mid-epoch leaves the model's RNG stream alone.
-                generator=torch.Generator().manual_seed(derive_seed(s.seed, epoch, context.rank)),
-                pin_memory=device.type == "cuda",
-                drop_last=True,
-                persistent_workers=False,
-            )
-            batches = iter(loader)
-            model.train()
-            epoch_losses = []
-            epoch_stats: dict[str, list[float]] = {}
-            interrupted = False
-            bar.set_description(f"{task.name} epoch {epoch + 1}/{s.epochs}")
-            for step in range(first_step, steps_per_epoch):
-                lr = task.learning_rate(epoch + step / steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group.get("lr_scale", 1.0)
-                step_loss = 0.0
-                for micro in range(s.accum_iter):
-                    batch = move_to_device(next(batches), device)
-                    sync = contextlib.nullcontext()
-                    if context.enabled and micro < s.accum_iter - 1:
-                        sync = train_model.no_sync()
-                    with sync:
-                        with autocast:
-                            loss, stats = task.compute_loss(train_model, batch)
-                        loss_value = loss.item()
-                        if not math.isfinite(loss_value):
-                            raise NonFiniteLossError(
-                                f"non-finite loss {loss_value} at epoch {epoch}, step {step} "
-                                f"(global step {global_step}, micro-batch {micro}); "
-                                f"{last_path} is left as the last good checkpoint"
-                            )
-                        scaler.scale(loss / s.accum_iter).backward()
-                    step_loss += loss_value / s.accum_iter
-                    for key, value in stats.items():
-                        epoch_stats.setdefault(key, []).append(value)
-                if s.grad_clip_norm:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                global_step += 1
-                steps_this_call += 1
-                last_loss = step_loss
-                epoch_losses.append(step_loss)
-                bar.update(1)
-                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-                if global_step % s.log_every_steps == 0:
-                    log.write(event="step", epoch=epoch, step=step, global_step=global_step, lr=lr, loss=step_loss)
-
-                interrupted = _agree_any(
-                    stop.signal_name is not None or (stop_after_steps is not None and steps_this_call >= stop_after_steps),
-                    context,
-                    device,
-                )
-                periodic = s.checkpoint_every_steps > 0 and global_step % s.checkpoint_every_steps == 0
-                if (interrupted or periodic) and step + 1 < steps_per_epoch:
-                    save(epoch, step + 1)
-                if interrupted and step + 1 < steps_per_epoch:
-                    reason = stop.signal_name or "stop_after_steps"
-                    log.write(event="interrupted", reason=reason, epoch=epoch, step=step + 1, global_step=global_step)
-                    return TrainingOutcome("interrupted", epoch, global_step, last_path, last_loss, reason)
-            del batches, loader
-
-            save(epoch + 1, 0)
-            if context.is_main and (epoch + 1) in s.keep_epochs:
-                atomic_copy(last_path, output_dir / epoch_checkpoint_name(epoch + 1))
-            mean_loss = sum(epoch_losses) / max(len(epoch_losses), 1)
-            means = {key: sum(values) / len(values) for key, values in epoch_stats.items()}
-            log.write(event="epoch", epoch=epoch + 1, global_step=global_step, train_loss=mean_loss, time=time.time(),
-                      **means)
-            if interrupted and epoch + 1 < s.epochs:
-                reason = stop.signal_name or "stop_after_steps"
-                log.write(event="interrupted", reason=reason, epoch=epoch + 1, step=0, global_step=global_step)
-                return TrainingOutcome("interrupted", epoch + 1, global_step, last_path, last_loss, reason)
+        while position.epoch < s.epochs:
+            epoch = position.epoch
+            result = train_one_epoch(run, train_model, position, autocast, stop, stop_after_steps, bar)
+            if not result.finished:  # stopped mid-epoch; checkpoint-last holds the step reached
+                return _interrupted(run, position, result.stop_reason)
+            position.epoch, position.step = epoch + 1, 0
+            _end_epoch(run, position, result)
+            if result.stop_reason and position.epoch < s.epochs:
+                return _interrupted(run, position, result.stop_reason)
 
     if context.is_main:
-        summary = {"task": task.name, **task.start_record(), "epochs": s.epochs, "global_step": global_step,
-                   "final_loss": last_loss, "checkpoint": str(last_path)}
-        (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    return TrainingOutcome("completed", s.epochs, global_step, last_path, last_loss)
+        summary = {"task": task.name, **task.start_record(), "epochs": s.epochs,
+                   "global_step": position.global_step, "final_loss": position.last_loss,
+                   "checkpoint": str(run.last_path)}
+        (run.output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return TrainingOutcome("completed", s.epochs, position.global_step, run.last_path, position.last_loss)
