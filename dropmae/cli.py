@@ -1,5 +1,5 @@
-"""Command line: ``dropmae extract-frames | pack-frames | pretrain | reconstruct | compare-log | stage | config |
-schema``."""
+"""Command line: ``dropmae extract-frames | pack-frames | pretrain | reconstruct | compare-log | attention-study |
+stage | config | schema``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from dropmae.config import Config, ConfigError, load_config, resolve_run
+from dropmae.workflow.layout import ATTENTION_STUDY_DIR, ATTENTION_STUDY_RUNS
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -201,6 +202,16 @@ def _probe_stage(config, args) -> int:
     return 0
 
 
+def cmd_attention_study(args) -> int:
+    from dropmae.analysis.attention_study import run_attention_study
+    from dropmae.workflow import layout
+
+    config = _load(args)
+    frames = layout.frames_dir(config, layout.attention_study_source(config))
+    run_attention_study(config, frames, layout.attention_study_outputs(args.output), args.runs, device=args.device)
+    return 0
+
+
 def cmd_config(args) -> int:
     import yaml
 
@@ -293,6 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--benchmark", required=True, help=f"a name from {section}.evaluate")
         if "table" in needs:
             sub.add_argument("table", choices=["pretraining", "datasources", "attention"])
+
+    study = commands.add_parser("attention-study", help="TwinMAE vs DropMAE decoder attention over seeds and settings "
+                                "(params.yaml attention_study; resumes its runs)")
+    _add_config_arguments(study)
+    study.add_argument("--output", default=ATTENTION_STUDY_DIR, help="folder for runs.csv, summary.csv|md and "
+                       f"attention_study.png (default {ATTENTION_STUDY_DIR})")
+    study.add_argument("--runs", default=ATTENTION_STUDY_RUNS, help="folder of the pretraining runs, "
+                       f"<setting>/seed<k>/<method>/ (default {ATTENTION_STUDY_RUNS})")
+    study.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    study.set_defaults(handler=cmd_attention_study, config_default=True)
 
     resolved = commands.add_parser("config", help="print the validated config after overlays (e.g. a params.yaml for dvc)")
     _add_config_arguments(resolved)

@@ -113,6 +113,42 @@ class AnalysisConfig:
     datasource_epochs: int | None = None  # default: the smallest of pretrain.epochs
 
 
+# The pretrain.* keys the attention study may override: every key except the two the study sets
+# itself (it runs both methods, once per seed of attention_study.seeds), with epochs as one budget.
+# Every key is optional; null (unset) keeps the value below it (no pretrain.* key is nullable).
+STUDY_FIXED_PRETRAIN_KEYS = ("methods", "seed")
+
+
+def _optional_pretrain_fields() -> list[tuple[str, Any, Any]]:
+    hints = typing.get_type_hints(PretrainConfig)
+    return [(f.name, (int if f.name == "epochs" else hints[f.name]) | None, field(default=None))
+            for f in dataclasses.fields(PretrainConfig) if f.name not in STUDY_FIXED_PRETRAIN_KEYS]
+
+
+# Generated from PretrainConfig, so a new pretrain key is overridable and a misspelt one is an
+# error naming the setting and the key.
+PretrainOverrides = dataclasses.make_dataclass("PretrainOverrides", _optional_pretrain_fields(), frozen=True)
+PretrainOverrides.__doc__ = "pretrain.* keys overridden by an attention-study setting (null: not overridden)."
+PretrainOverrides.__module__ = __name__  # so it pickles and prints as dropmae.config's
+
+
+@dataclass(frozen=True)
+class AttentionStudyConfig:
+    """`dropmae attention-study`: TwinMAE and DropMAE from the same initialisation over several seeds,
+    per named setting, measured on held-out pairs (dropmae.analysis.attention_study)."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # a seed sets both methods' init and data order
+    source: str | None = None  # default: analysis.table_source, else the first source
+    heldout_pairs: int = 20  # the same held-out pairs (and masks) for every run
+    batch_size: int = 8  # pairs per measuring forward pass
+    # pretrain.* overrides every setting starts from (epochs: default the smallest of pretrain.epochs)
+    pretrain: PretrainOverrides = field(default_factory=PretrainOverrides)
+    # name -> pretrain.* overrides, each applied over `pretrain` above; chosen by what they change
+    settings: dict[str, PretrainOverrides] = field(default_factory=lambda: {
+        "recipe": PretrainOverrides(), "shared_crop": PretrainOverrides(shared_crop=True),
+        "short_gap": PretrainOverrides(frame_gap=3), "longer": PretrainOverrides(epochs=800)})
+
+
 @dataclass(frozen=True)
 class JobResources:
     """What one Snakemake job asks the cluster for."""
@@ -334,6 +370,7 @@ class Config:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    attention_study: AttentionStudyConfig = field(default_factory=AttentionStudyConfig)
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -410,8 +447,8 @@ def _require(condition: bool, key: str, message: str, value: Any) -> None:
         raise ConfigError(f"{key}: {message}, got {value!r}")
 
 
-def validate(config: Config) -> Config:
-    """Range checks that types alone cannot express."""
+def validate(config: Config, *, check_study: bool = True) -> Config:
+    """Range checks that types alone cannot express (``check_study=False``: all but attention_study)."""
     ex = config.data.extraction
     _require(ex.short_side is None or ex.short_side > 0, "data.extraction.short_side", "must be positive or null", ex.short_side)
     _require(ex.frame_stride >= 1, "data.extraction.frame_stride", "must be >= 1", ex.frame_stride)
@@ -491,7 +528,50 @@ def validate(config: Config) -> Config:
         _require(resources.gpus >= 0, f"launcher.{name}.gpus", "must be >= 0", resources.gpus)
     _validate_tracking(config)
     _validate_segmentation(config)
+    if check_study:
+        _validate_attention_study(config)
     return config
+
+
+def _study_overrides(config: Config, setting: str) -> dict[str, Any]:
+    """attention_study.pretrain, then the setting's overrides over it: the keys they set."""
+    a = config.attention_study
+    return {key: value for overrides in (a.pretrain, a.settings[setting])
+            for key, value in dataclasses.asdict(overrides).items() if value is not None}
+
+
+def study_pretrain(config: Config, setting: str) -> PretrainConfig:
+    """pretrain.* as the runs of an attention-study setting train (their epoch budget is study_epochs;
+    pretrain.epochs stays as it is, as in a cell's config)."""
+    overrides = _study_overrides(config, setting)
+    overrides.pop("epochs", None)
+    return dataclasses.replace(config.pretrain, **overrides)
+
+
+def study_epochs(config: Config, setting: str) -> int:
+    """The epoch budget of a setting's runs (default: the smallest of pretrain.epochs)."""
+    return _study_overrides(config, setting).get("epochs", min(config.pretrain.epochs))
+
+
+def _validate_attention_study(config: Config) -> None:
+    a = config.attention_study
+    _require(len(a.seeds) >= 2 and len(set(a.seeds)) == len(a.seeds) and min(a.seeds) >= 0, "attention_study.seeds",
+             "must be at least 2 distinct seeds >= 0 (the interval is over seeds)", a.seeds)
+    _require(a.source is None or a.source in config.data.sources, "attention_study.source",
+             f"must name one of data.sources {sorted(config.data.sources)} or be null", a.source)
+    _require(a.heldout_pairs > 0, "attention_study.heldout_pairs", "must be positive", a.heldout_pairs)
+    _require(a.batch_size > 0, "attention_study.batch_size", "must be positive", a.batch_size)
+    _require(len(a.settings) > 0, "attention_study.settings", "must name at least one setting", a.settings)
+    for name in a.settings:
+        _require(name.replace("_", "").replace("-", "").isalnum(), f"attention_study.settings.{name}",
+                 "setting names are letters, digits, - and _ (they name run folders)", name)
+        _require(study_epochs(config, name) > 0, f"attention_study.settings.{name}.epochs",
+                 "must be positive (with attention_study.pretrain.epochs)", study_epochs(config, name))
+        # The whole config as this setting trains, range-checked like pretrain.* itself.
+        try:
+            validate(dataclasses.replace(config, pretrain=study_pretrain(config, name)), check_study=False)
+        except ConfigError as error:
+            raise ConfigError(f"attention_study.settings.{name} (with attention_study.pretrain): {error}") from None
 
 
 def _validate_benchmark_sets(prefix: str, section: Any, formats: tuple[str, ...]) -> None:
@@ -652,9 +732,10 @@ def config_to_dict(config: Config) -> dict:
 
 
 # Mappings an overlay replaces whole instead of key by key: the demo's sources must not keep
-# the paper's K400 source of params.yaml.
+# the paper's K400 source of params.yaml, nor an overlay's study the settings it does not list.
 REPLACED_WHOLE = (("data", "sources"), ("tracking", "benchmarks"), ("tracking", "train"), ("tracking", "evaluate"),
-                  ("segmentation", "benchmarks"), ("segmentation", "train"), ("segmentation", "evaluate"))
+                  ("segmentation", "benchmarks"), ("segmentation", "train"), ("segmentation", "evaluate"),
+                  ("attention_study", "settings"))
 
 
 def deep_merge(base: dict, overlay: dict, _path: tuple[str, ...] = ()) -> dict:

@@ -22,3 +22,34 @@ rule analyse:
         "envs/dropmae.yaml"
     script:
         "../workflow_scripts/analyse.py"
+
+
+# The seeded attention study: TwinMAE and DropMAE per attention_study setting and seed, trained in
+# this job (its runs under layout.ATTENTION_STUDY_RUNS resume after an interruption) and measured on
+# held-out pairs, with launcher.analyse's resources. Not part of `all`:
+#   snakemake --profile profiles/local results/attention_study/summary.csv \
+#       --configfile config/demo.yaml config/attention_study_demo.yaml
+from dropmae.analysis.attention_study import STUDY_PRETRAIN_KEYS
+
+
+rule attention_study:
+    input:
+        manifest=layout.frames_manifest(PARAMS, layout.attention_study_source(PARAMS)),
+    output:
+        **layout.attention_study_outputs(),
+    log:
+        layout.log_path("attention_study", "study"),
+    params:
+        study=as_json(
+            {
+                "attention_study": PARAMS.attention_study,
+                "model": PARAMS.model,
+                "pretrain": {key: getattr(PARAMS.pretrain, key) for key in STUDY_PRETRAIN_KEYS},
+            }
+        ),
+    resources:
+        **job_resources("analyse"),
+    conda:
+        "envs/dropmae.yaml"
+    script:
+        "../workflow_scripts/attention_study.py"

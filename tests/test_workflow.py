@@ -254,8 +254,8 @@ def test_snakemake_and_dvc_declare_the_same_stages(agreement_repo):
     cells = 2 * 2 * 2  # sources x methods x epochs
     # videos, frames, pretrain + analyse per cell, 3 tables; demo benchmark, a tracker and a segmenter
     # per cell and from scratch, each evaluated on the demo benchmark, plus the first-frame-box and
-    # first-frame-mask baselines; the probe per cell.
-    assert len(dvc) == len(jobs) == 1 + 2 + 2 * cells + 3 + 1 + 2 * ((cells + 1) + (cells + 2)) + cells
+    # first-frame-mask baselines; the probe per cell; the attention study (studies/dvc.yaml).
+    assert len(dvc) == len(jobs) == 1 + 2 + 2 * cells + 3 + 1 + 2 * ((cells + 1) + (cells + 2)) + cells + 1
     # DVC needs one stage per kind of input; Snakemake has one rule with an input function.
     rule_of = {"finetune_tracker_scratch": "finetune_tracker", "evaluate_tracker_scratch": "evaluate_tracker",
                "evaluate_first_box": "evaluate_tracker", "finetune_segmenter_scratch": "finetune_segmenter",

@@ -29,6 +29,12 @@ ATTENTION_PLOT = "results/attention_layers.png"
 ATTENTION_LAYERS = "results/attention_layers.csv"
 METRICS = "results/metrics_{table}.json"
 
+# The seeded attention study (`dropmae attention-study`, rule attention_study; no table reads it).
+ATTENTION_STUDY_DIR = "results/attention_study"
+ATTENTION_STUDY_RUNS = "runs/attention_study"  # <setting>/seed<k>/<method>/: one pretraining run each
+ATTENTION_STUDY_FILES = {"runs": "runs.csv", "summary": "summary.csv", "markdown": "summary.md",
+                         "plot": "attention_study.png"}
+
 LOGS = "logs/{stage}/{name}.log"
 
 # Downstream models. A tracker or a segmenter is named by where its encoder comes from: a
@@ -107,6 +113,15 @@ class Cell:
 
 def table_source(config: Config) -> str:
     return config.analysis.table_source or next(iter(config.data.sources))
+
+
+def attention_study_source(config: Config) -> str:
+    return config.attention_study.source or table_source(config)
+
+
+def attention_study_outputs(output_dir: str = ATTENTION_STUDY_DIR) -> dict[str, str]:
+    """The study's files (ATTENTION_STUDY_FILES) in ``output_dir``, by role."""
+    return {role: f"{output_dir.rstrip('/')}/{name}" for role, name in ATTENTION_STUDY_FILES.items()}
 
 
 def datasource_epochs(config: Config) -> int:
