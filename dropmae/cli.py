@@ -118,9 +118,13 @@ def cmd_stage(args) -> int:
                    "layers": layout.ATTENTION_LAYERS, "plot": layout.ATTENTION_PLOT}
         tables.build_table(config, args.table, outputs)
         return 0
-    check_data_paths(config)
     if args.source not in config.data.sources:
         raise ConfigError(f"data.sources has no source {args.source!r}; configured: {sorted(config.data.sources)}")
+    if args.stage == "random-init":  # reads no data
+        control = layout.RandomInit(args.source)
+        stages.random_init_stage(config, control, control.paths(layout.MODEL), control.paths(layout.CELL_METRICS))
+        return 0
+    check_data_paths(config)
     if args.stage == "extract-frames":
         stages.extract_source(config, args.source, layout.frames_dir(config, args.source))
         return 0
@@ -143,15 +147,17 @@ DOWNSTREAM_STAGES = {"finetune-tracker": ("tracking", "finetune"), "evaluate-tra
 
 
 def _configured_cell(config: Config, name: str, what: str):
-    """The pretraining cell ``name`` names (None for scratch and the trivial baselines); it must be
-    one of data.sources x pretrain.methods x pretrain.epochs."""
+    """The pretraining cell or random-init control ``name`` names (None for scratch and the trivial
+    baselines); a cell must be one of data.sources x pretrain.methods x pretrain.epochs."""
     from dropmae.workflow import layout
 
     try:
-        cell = layout.cell_of_model(name)
+        cell = layout.encoder_of_model(name)
     except ValueError as error:
         raise ConfigError(f"{what}: {error}") from None
-    if cell is not None and cell not in layout.all_cells(config):
+    if isinstance(cell, layout.RandomInit) and cell.source not in config.data.sources:
+        raise ConfigError(f"{what} {name!r}: data.sources has no source {cell.source!r}")
+    if isinstance(cell, layout.Cell) and cell not in layout.all_cells(config):
         raise ConfigError(f"{what} {name!r} names no pretraining cell of "
                           "data.sources x pretrain.methods x pretrain.epochs")
     return cell
@@ -194,7 +200,8 @@ def _probe_stage(config, args) -> int:
 
     cell = _configured_cell(config, args.cell, "--cell")
     if cell is None:
-        raise ConfigError(f"--cell {args.cell!r}: the probe scores a pretraining cell, <source>/<method>_ep<epochs>")
+        raise ConfigError(f"--cell {args.cell!r}: the probe scores a pretraining cell, <source>/<method>_ep<epochs>, "
+                          "or a source's control, <source>/random_init")
     _require_benchmark(config, "segmentation", args.benchmark)
     paths = [cell.paths(template, benchmark=args.benchmark)
              for template in (layout.PROBE_METRICS, layout.PROBE_OVERLAY, layout.PROBE_RAW)]
@@ -278,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     stage = commands.add_parser("stage", help="one stage of the experiment DAG (what dvc.yaml runs)")
     stage_kinds = stage.add_subparsers(dest="stage", required=True)
-    for name, needs in (("demo-videos", ()), ("extract-frames", ("source",)),
+    for name, needs in (("demo-videos", ()), ("extract-frames", ("source",)), ("random-init", ("source",)),
                         ("pretrain", ("source", "cell")), ("analyse", ("source", "cell")), ("table", ("table",)),
                         ("demo-benchmark", ()), ("finetune-tracker", ("tracker",)),
                         ("evaluate-tracker", ("tracker", "benchmark")), ("finetune-segmenter", ("segmenter",)),
@@ -293,12 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--epochs", required=True, type=int)
         if "tracker" in needs:
             sub.add_argument("--tracker", required=True,
-                             help="<source>/<method>_ep<epochs> (a pretraining cell), scratch, or first_box")
+                             help="<source>/<method>_ep<epochs> (a pretraining cell), <source>/random_init, scratch, "
+                                  "or first_box")
         if "segmenter" in needs:
             sub.add_argument("--segmenter", required=True,
-                             help="<source>/<method>_ep<epochs> (a pretraining cell), scratch, or first_mask")
+                             help="<source>/<method>_ep<epochs> (a pretraining cell), <source>/random_init, scratch, "
+                                  "or first_mask")
         if "probe_cell" in needs:
-            sub.add_argument("--cell", required=True, help="<source>/<method>_ep<epochs>, a pretraining cell")
+            sub.add_argument("--cell", required=True,
+                             help="<source>/<method>_ep<epochs> (a pretraining cell) or <source>/random_init")
         if "benchmark" in needs:
             section = "segmentation" if name.endswith(("segmenter", "probe")) else "tracking"
             sub.add_argument("--benchmark", required=True, help=f"a name from {section}.evaluate")

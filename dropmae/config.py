@@ -111,6 +111,9 @@ class AnalysisConfig:
     table_source: str | None = None  # source of the method x epochs table (default: the first source)
     datasource_method: str = "dropmae"  # the cell each source contributes to the data-sources table
     datasource_epochs: int | None = None  # default: the smallest of pretrain.epochs
+    # The pretraining table's control: the table source's model as seeded for a cell but never
+    # trained, fine-tuned and probed like a cell, so the table shows what pretraining adds.
+    random_init_control: bool = True
 
 
 # The pretrain.* keys the attention study may override: every key except the two the study sets

@@ -10,6 +10,7 @@ from snakemake.utils import validate
 
 from dropmae.config import ConfigError, apply_whole_replacements, check_data_paths, config_from_dict
 from dropmae.workflow import layout, stages
+from dropmae.workflow.smk import probed_encoder_of
 
 
 # Snakemake merges --configfile overlays key by key; an overlay's data.sources replaces the base's.
@@ -27,10 +28,11 @@ TABLE_OUTPUTS = [layout.table_csv(t) for t in layout.TABLES] + [
 ]
 
 
-# A tracker or segmenter: a pretraining cell it starts from, scratch, or the trivial baseline
-# first_box / first_mask (see layout).
+# A tracker or segmenter: a pretraining cell or a source's random-init control it starts from,
+# scratch, or the trivial baseline first_box / first_mask (see layout).
 CELL_PATTERN = "(" + "|".join(SOURCES) + r")/(twinmae|dropmae)_ep[1-9]\d*"
-TRAINED_PATTERN = f"{layout.SCRATCH}|{CELL_PATTERN}"
+RANDOM_INIT_PATTERN = "(" + "|".join(SOURCES) + f")/{layout.RANDOM_INIT}"
+TRAINED_PATTERN = f"{layout.SCRATCH}|{CELL_PATTERN}|{RANDOM_INIT_PATTERN}"
 TRACKING_BENCHMARKS = "|".join(PARAMS.tracking.evaluate) or "none"
 SEGMENTATION_BENCHMARKS = "|".join(PARAMS.segmentation.evaluate) or "none"
 
@@ -105,13 +107,13 @@ def demo_benchmark_inputs(task, names):
 
 
 def finetune_inputs(task):
-    """Input function of a fine-tuning rule: its training benchmarks and the pretraining checkpoint."""
+    """Input function of a fine-tuning rule: its training benchmarks and the pretraining (or random-init) checkpoint."""
 
     def inputs(wildcards):
         found = demo_benchmark_inputs(task, task.settings(PARAMS).train)
-        cell = layout.cell_of_model(getattr(wildcards, task.wildcard))
-        if cell is not None:
-            found["pretrained"] = cell.paths(layout.MODEL)
+        encoder = layout.encoder_of_model(getattr(wildcards, task.wildcard))
+        if encoder is not None:
+            found["pretrained"] = encoder.paths(layout.MODEL)
         return found
 
     return inputs
@@ -133,13 +135,28 @@ def evaluate_inputs(task):
 def probe_inputs(wildcards):
     return {
         **demo_benchmark_inputs(layout.SEGMENTATION, [wildcards.benchmark]),
-        "model": cell_of(wildcards).paths(layout.MODEL),
+        "model": probed_encoder_of(wildcards).paths(layout.MODEL),
     }
 
 
+def probe_params(wildcards):
+    """What a probe result depends on besides the checkpoint (rerun when it changes)."""
+    return as_json(
+        {
+            "benchmark": PARAMS.segmentation.benchmarks[wildcards.benchmark],
+            "split": PARAMS.segmentation.evaluate[wildcards.benchmark],
+            "settings": PARAMS.segmentation.probe,
+        }
+    )
+
+
 def table_inputs(table):
-    """Per-cell metrics, plus each tracker's and segmenter's scores and the probe's where configured."""
+    """Per-cell metrics, plus each tracker's and segmenter's scores and the probe's where configured,
+    and the random-init control's identity where the table has its row."""
     inputs = {"metrics": cell_results(table, layout.CELL_METRICS)}
+    control = layout.random_init_control(PARAMS, table)
+    if control:
+        inputs["control"] = control.paths(layout.CELL_METRICS)
     for task in layout.DOWNSTREAM:
         results = task.table_results(PARAMS, table)
         if results:

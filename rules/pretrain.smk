@@ -22,3 +22,21 @@ rule pretrain:
         "envs/dropmae.yaml"
     script:
         "../workflow_scripts/pretrain.py"
+
+
+# A source's random-init control: the model a cell starts training from (model.*, pretrain.seed),
+# saved untrained in a cell's model.pth format, with its identity for the tables. Seconds on the
+# submitting host.
+rule random_init:
+    output:
+        model=layout.RANDOM_INIT_MODEL,
+        metrics=layout.RANDOM_INIT_METRICS,
+    log:
+        layout.log_path("random_init", "{source}"),
+    params:
+        signature=as_json(stages.random_init_signature(PARAMS)),
+    localrule: True
+    conda:
+        "envs/dropmae.yaml"
+    script:
+        "../workflow_scripts/random_init.py"

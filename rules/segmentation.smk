@@ -1,9 +1,9 @@
-# DropSeg: one segmenter fine-tuned per pretraining cell (and one from no pretraining), each run
-# over every segmentation.evaluate split from the first frame and its mask, scored with the DAVIS
-# protocol (J&F); the first-frame-mask segmenter is the floor. The probe scores each pretraining
-# checkpoint itself by label propagation with its frozen encoder. The fine-tuning is a submitit
-# job (launcher.finetune); the rule waits for it. The demo benchmark's DAVIS copy comes from the
-# demo_benchmark rule (rules/tracking.smk).
+# DropSeg: one segmenter fine-tuned per pretraining cell (and one from no pretraining, one from the
+# random-init control), each run over every segmentation.evaluate split from the first frame and its
+# mask, scored with the DAVIS protocol (J&F); the first-frame-mask segmenter is the floor. The probe
+# scores each pretraining checkpoint (and the control) itself by label propagation with its frozen
+# encoder. The fine-tuning is a submitit job (launcher.finetune); the rule waits for it. The demo
+# benchmark's DAVIS copy comes from the demo_benchmark rule (rules/tracking.smk).
 
 
 rule finetune_segmenter:
@@ -64,13 +64,31 @@ rule probe:
     log:
         layout.log_path("probe", "{source}/{method}_ep{epochs}/{benchmark}"),
     params:
-        probe=lambda wildcards: as_json(
-            {
-                "benchmark": PARAMS.segmentation.benchmarks[wildcards.benchmark],
-                "split": PARAMS.segmentation.evaluate[wildcards.benchmark],
-                "settings": PARAMS.segmentation.probe,
-            }
-        ),
+        probe=probe_params,
+    wildcard_constraints:
+        benchmark=SEGMENTATION_BENCHMARKS,
+    threads: PARAMS.launcher.evaluate.cpus
+    resources:
+        **job_resources("evaluate"),
+    conda:
+        "envs/dropmae.yaml"
+    script:
+        "../workflow_scripts/probe.py"
+
+
+# The probe of a source's random-init control (the tables' "never trained" row): the same job on
+# the untrained model.
+rule probe_random_init:
+    input:
+        unpack(probe_inputs),
+    output:
+        metrics=layout.RANDOM_INIT_PROBE_METRICS,
+        overlay=layout.RANDOM_INIT_PROBE_OVERLAY,
+        raw=directory(layout.RANDOM_INIT_PROBE_RAW),
+    log:
+        layout.log_path("probe", "{source}/random_init/{benchmark}"),
+    params:
+        probe=probe_params,
     wildcard_constraints:
         benchmark=SEGMENTATION_BENCHMARKS,
     threads: PARAMS.launcher.evaluate.cpus

@@ -1,6 +1,7 @@
-# DropTrack: one tracker fine-tuned per pretraining cell (and one from no pretraining), each run
-# over every tracking.evaluate split, scored with the benchmark's official protocol. The
-# fine-tuning, like pretraining, is a submitit job (launcher.finetune); the rule waits for it.
+# DropTrack: one tracker fine-tuned per pretraining cell (and one from no pretraining, one from the
+# random-init control), each run over every tracking.evaluate split, scored with the benchmark's
+# official protocol. The fine-tuning, like pretraining, is a submitit job (launcher.finetune); the
+# rule waits for it.
 
 
 # The demo benchmark in both layouts (got10k/ for tracking, davis/ for segmentation).

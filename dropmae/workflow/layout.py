@@ -38,10 +38,10 @@ ATTENTION_STUDY_FILES = {"runs": "runs.csv", "summary": "summary.csv", "markdown
 LOGS = "logs/{stage}/{name}.log"
 
 # Downstream models. A tracker or a segmenter is named by where its encoder comes from: a
-# pretraining cell (its Cell.name, "{source}/{method}_ep{epochs}"), SCRATCH (no pretraining), or
-# a trivial baseline with no network, the floor every trained model must beat: FIRST_BOX (the
-# first-frame box repeated) for tracking, FIRST_MASK (the first-frame mask copied to every
-# frame) for segmentation.
+# pretraining cell (its Cell.name, "{source}/{method}_ep{epochs}"), a source's untrained control
+# (RandomInit.name, "{source}/random_init"), SCRATCH (no pretraining), or a trivial baseline with
+# no network, the floor every trained model must beat: FIRST_BOX (the first-frame box repeated)
+# for tracking, FIRST_MASK (the first-frame mask copied to every frame) for segmentation.
 SCRATCH = "scratch"
 FIRST_BOX = "first_box"
 FIRST_MASK = "first_mask"
@@ -69,6 +69,17 @@ PROBE_DIR = "results/probe/{source}/" + CELL + "/{benchmark}"
 PROBE_METRICS = PROBE_DIR + "/metrics.json"
 PROBE_RAW = PROBE_DIR + "/raw"
 PROBE_OVERLAY = PROBE_DIR + "/overlays.png"
+
+# The control encoder of a source: its pretraining model built and seeded as a cell's, saved untrained
+# in a cell's model.pth format. Its files sit where a cell's of that source would, in a random_init
+# folder instead of {method}_ep{epochs}; trackers and segmenters fine-tuned from it, and its probe,
+# are named "{source}/random_init" (RandomInit.name).
+RANDOM_INIT = "random_init"
+RANDOM_INIT_MODEL = MODEL.replace(CELL, RANDOM_INIT)
+RANDOM_INIT_METRICS = CELL_METRICS.replace(CELL, RANDOM_INIT)  # its checkpoint, sha256 and recipe, for the tables
+RANDOM_INIT_PROBE_METRICS = PROBE_METRICS.replace(CELL, RANDOM_INIT)
+RANDOM_INIT_PROBE_RAW = PROBE_RAW.replace(CELL, RANDOM_INIT)
+RANDOM_INIT_PROBE_OVERLAY = PROBE_OVERLAY.replace(CELL, RANDOM_INIT)
 
 
 def table_csv(table: str) -> str:
@@ -111,6 +122,21 @@ class Cell:
         return f"{self.source}/{self.method}_ep{self.epochs}"
 
 
+@dataclass(frozen=True)
+class RandomInit:
+    """The control encoder of a source (never trained); its paths are a cell's templates with the
+    cell's folder replaced by random_init, so the probe and the tables treat it like a cell."""
+
+    source: str
+
+    def paths(self, template: str, **wildcards: str) -> str:
+        return template.replace(CELL, RANDOM_INIT).format(source=self.source, **wildcards)
+
+    @property
+    def name(self) -> str:
+        return f"{self.source}/{RANDOM_INIT}"
+
+
 def table_source(config: Config) -> str:
     return config.analysis.table_source or next(iter(config.data.sources))
 
@@ -142,6 +168,16 @@ def table_cells(config: Config, table: str) -> list[Cell]:
         method, epochs = config.analysis.datasource_method, datasource_epochs(config)
         return [Cell(s, method, epochs) for s in config.data.sources]
     raise ValueError(f"unknown table {table!r}; tables are {TABLES}")
+
+
+def random_init_control(config: Config, table: str) -> RandomInit | None:
+    """The pretraining table's control encoder (analysis.random_init_control), when the table shows
+    downstream or probe scores: without them the control has nothing to be compared on."""
+    if table != "pretraining" or not config.analysis.random_init_control:
+        return None
+    if not (any(task.enabled(config) for task in DOWNSTREAM) or probe_enabled(config)):
+        return None
+    return RandomInit(table_source(config))
 
 
 def log_path(stage: str, name: str) -> str:
@@ -185,7 +221,7 @@ class Downstream:
         return getattr(config, self.section)
 
     def paths(self, template: str, name: str, benchmark: str = "{benchmark}") -> str:
-        """``template`` for the model ``name`` (a cell name, SCRATCH or the trivial baseline)."""
+        """``template`` for the model ``name`` (a cell or random-init name, SCRATCH or the trivial baseline)."""
         return template.format(**{self.wildcard: name, "benchmark": benchmark})
 
     def enabled(self, config: Config) -> bool:
@@ -195,12 +231,14 @@ class Downstream:
 
     def table_models(self, config: Config, table: str) -> list[str]:
         """The models whose scores a table shows: one per pretraining cell of the table, and for the
-        pretraining table the no-pretraining and trivial-baseline rows."""
+        pretraining table the no-pretraining, random-init and trivial-baseline rows."""
         if not self.enabled(config) or table == "attention":
             return []
         names = [cell.name for cell in table_cells(config, table)]
         if table == "pretraining":
-            names = ([SCRATCH] if self.settings(config).baseline else []) + [self.trivial] + names
+            control = random_init_control(config, table)
+            names = (([SCRATCH] if self.settings(config).baseline else []) + ([control.name] if control else [])
+                     + [self.trivial] + names)
         return names
 
     def table_results(self, config: Config, table: str) -> list[str]:
@@ -218,10 +256,14 @@ SEGMENTATION = Downstream("segmentation", "segmenter", FIRST_MASK, SEGMENTER_MOD
 DOWNSTREAM = (TRACKING, SEGMENTATION)
 
 
-def cell_of_model(name: str) -> Cell | None:
-    """The pretraining cell a tracker or segmenter starts from (None for SCRATCH and the trivial baselines)."""
+def encoder_of_model(name: str) -> Cell | RandomInit | None:
+    """The pretraining cell or random-init control a tracker or segmenter starts from (None for
+    SCRATCH and the trivial baselines)."""
     if name in (SCRATCH, FIRST_BOX, FIRST_MASK):
         return None
+    source, _, rest = name.partition("/")
+    if source and rest == RANDOM_INIT:
+        return RandomInit(source)
     return parse_cell(name)
 
 
@@ -230,13 +272,17 @@ def probe_enabled(config: Config) -> bool:
     return config.segmentation.probe.enabled and bool(config.segmentation.evaluate)
 
 
-def table_probe_cells(config: Config, table: str) -> list[Cell]:
-    return table_cells(config, table) if probe_enabled(config) and table != "attention" else []
+def table_probe_encoders(config: Config, table: str) -> list[Cell | RandomInit]:
+    """The encoders a table shows probe scores of: its cells, and the pretraining table's control."""
+    if not probe_enabled(config) or table == "attention":
+        return []
+    control = random_init_control(config, table)
+    return table_cells(config, table) + ([control] if control else [])
 
 
 def probe_results(config: Config, table: str) -> list[str]:
-    return [cell.paths(PROBE_METRICS, benchmark=benchmark)
-            for cell in table_probe_cells(config, table) for benchmark in config.segmentation.evaluate]
+    return [encoder.paths(PROBE_METRICS, benchmark=benchmark)
+            for encoder in table_probe_encoders(config, table) for benchmark in config.segmentation.evaluate]
 
 
 def uses_demo_benchmark(config: Config) -> bool:

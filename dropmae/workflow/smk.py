@@ -10,11 +10,16 @@ from pathlib import Path
 from typing import Iterator
 
 from dropmae.config import Config, config_from_dict
-from dropmae.workflow.layout import Cell
+from dropmae.workflow.layout import Cell, RandomInit
 
 
 def cell_of(wildcards) -> Cell:
     return Cell(source=wildcards.source, method=wildcards.method, epochs=int(wildcards.epochs))
+
+
+def probed_encoder_of(wildcards) -> Cell | RandomInit:
+    """A probe job's encoder: a pretraining cell, or (no method wildcard) the source's random-init control."""
+    return cell_of(wildcards) if hasattr(wildcards, "method") else RandomInit(wildcards.source)
 
 
 @contextlib.contextmanager

@@ -15,12 +15,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dropmae.config import Config, config_from_dict, config_to_dict
+from dropmae.config import Config, PretrainRun, config_from_dict, config_to_dict
 from dropmae.engine.checkpoint import LAST_CHECKPOINT, atomic_torch_save, load_checkpoint
 from dropmae.workflow import layout
-from dropmae.workflow.layout import Cell, ensure_parent, frames_dir
+from dropmae.workflow.layout import Cell, RandomInit, ensure_parent, frames_dir
 
 RUN_ARTIFACTS = ("checkpoint-*.pth", "log.jsonl", "summary.json")
+# What a finished pretraining cell's model.pth holds (checkpoint-last without optimiser, scaler and RNG state).
+PRETRAINED_MODEL_KEYS = ("model", "config", "run", "epoch", "global_step")
 # Settings that change how a run is executed or logged but not what it computes; a checkpoint
 # written under other values of these is resumed as it is.
 OPERATIONAL_KEYS = {
@@ -126,13 +128,41 @@ def pretrain_cell(config: Config, cell: Cell, data_path: str | Path, model_path:
     supersede_stale_run(config, cell, run_dir, report)
     result = launch_pretraining(config, cell.run(), data_path, run_dir, report=report)
     state = load_checkpoint(run_dir / LAST_CHECKPOINT)
-    final = {key: state[key] for key in ("model", "config", "run", "epoch", "global_step")}
+    final = {key: state[key] for key in PRETRAINED_MODEL_KEYS}
     atomic_torch_save(final, model_path)
     summary = {**result, "cell": dataclasses.asdict(cell), "model": str(model_path),
                "model_sha256": sha256_of(model_path), "signature": run_signature(config, cell)}
     run_summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     report(f"{cell.name}: {result['global_step']} steps, last loss {result['last_loss']}, wrote {model_path}")
     return summary
+
+
+def random_init_signature(config: Config) -> dict:
+    """Everything the random-init control's weights depend on: the model and the seed."""
+    return {"model": config_to_dict(config)["model"], "seed": config.pretrain.seed}
+
+
+def random_init_stage(config: Config, control: RandomInit, model_path: str | Path, metrics_path: str | Path,
+                      report: Callable[[str], None] = print) -> dict:
+    """Save a source's control encoder: the model a twinmae cell starts training from, untrained,
+    as a finished cell's model.pth (so every loader takes it unchanged), and its identity for the tables."""
+    from dropmae.engine.pretrain import build_model
+    from dropmae.seeding import derive_seed
+
+    run = PretrainRun(method="twinmae", epochs=0, source=control.source)  # twinmae: no ASAD, nothing to drop
+    torch.manual_seed(derive_seed(config.pretrain.seed, 0))  # pretrain()'s seed on rank 0, whose weights DDP broadcasts
+    model = build_model(config, run)
+    state = {"model": model.state_dict(), "config": config_to_dict(config), "run": dataclasses.asdict(run),
+             "epoch": 0, "global_step": 0}  # PRETRAINED_MODEL_KEYS, as pretrain_cell writes them
+    atomic_torch_save(state, ensure_parent(model_path))
+    m = config.model
+    metrics = {"source": control.source, "method": layout.RANDOM_INIT, "epochs": 0, "global_step": 0,
+               "checkpoint": str(model_path), "checkpoint_sha256": sha256_of(model_path),
+               "params": {"encoder": m.encoder, "img_size": m.img_size, "patch_size": m.patch_size,
+                          "seed": config.pretrain.seed}}
+    ensure_parent(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")
+    report(f"{control.name}: untrained {m.encoder} model (seed {config.pretrain.seed}), wrote {model_path}")
+    return metrics
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -433,9 +463,11 @@ def evaluate_segmenter_stage(config: Config, segmenter: str, benchmark: str, mod
                          f"{segmenter} on {benchmark} ({split})", report)
 
 
-def probe_stage(config: Config, cell: Cell, benchmark: str, model_path: str | Path, metrics_path: str | Path,
-                overlay_path: str | Path, raw_dir: str | Path, report: Callable[[str], None] = print) -> dict:
-    """Label propagation with the frozen pretraining encoder of one cell (no fine-tuning), scored like a segmenter."""
+def probe_stage(config: Config, cell: Cell | RandomInit, benchmark: str, model_path: str | Path,
+                metrics_path: str | Path, overlay_path: str | Path, raw_dir: str | Path,
+                report: Callable[[str], None] = print) -> dict:
+    """Label propagation with the frozen pretraining encoder of one cell, or the random-init control
+    (no fine-tuning), scored like a segmenter."""
     from dropmae.segmentation.propagation import PropagationSettings, run_probe
 
     bench, split, sequences = _segmentation_split(config, benchmark)

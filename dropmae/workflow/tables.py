@@ -22,15 +22,18 @@ from dropmae.workflow.layout import (
     FIRST_BOX,
     FIRST_MASK,
     PROBE_METRICS,
+    RANDOM_INIT,
     SCRATCH,
     SEGMENTATION,
     TRACKING,
     Cell,
     Downstream,
+    RandomInit,
     datasource_epochs,
     ensure_parent,
+    random_init_control,
     table_cells,
-    table_probe_cells,
+    table_probe_encoders,
     table_source,
 )
 
@@ -53,8 +56,9 @@ SCORES = {
 }
 FRACTION_PROTOCOLS = {"got10k", "davis"}
 PROBE_SCORES = (("jf", "J&F"),)  # the probe's column: {benchmark}_probe_jf
-BASELINE_ROWS = {SCRATCH: "No pre-training", FIRST_BOX: "First-frame box (trivial tracker)",
-                 FIRST_MASK: "First-frame mask (trivial segmenter)"}
+# Rows above the cells, in this order; the random-init row is the table source's control (layout.RandomInit).
+BASELINE_ROWS = {SCRATCH: "No pre-training", RANDOM_INIT: "Random init (never trained)",
+                 FIRST_BOX: "First-frame box (trivial tracker)", FIRST_MASK: "First-frame mask (trivial segmenter)"}
 
 
 def _protocol(format: str) -> str:
@@ -67,11 +71,19 @@ class MissingResultError(FileNotFoundError):
     """A table needs a per-cell result file that no rule has written."""
 
 
-def _read_metrics(cell: Cell) -> dict:
+def _read_metrics(cell: Cell | RandomInit) -> dict:
     path = Path(cell.paths(CELL_METRICS))
     if not path.is_file():
-        raise MissingResultError(f"{path}: no result for cell {cell.name}; run its analyse stage first")
+        stage = "random_init" if isinstance(cell, RandomInit) else "analyse"
+        raise MissingResultError(f"{path}: no result for {cell.name}; run its {stage} stage first")
     return json.loads(path.read_text())
+
+
+def _control_identity(control: RandomInit) -> dict:
+    """The random-init row's source, checkpoint and recipe, as its random_init stage wrote them."""
+    metrics = _read_metrics(control)
+    identity = {key: metrics[key] for key in ("source", "epochs", "global_step", "checkpoint", "checkpoint_sha256")}
+    return {**identity, "params": json.dumps(metrics["params"], sort_keys=True)}
 
 
 def _cell_rows(cells: list[Cell]) -> pd.DataFrame:
@@ -104,12 +116,13 @@ def _downstream_scores(config: Config, task: Downstream, name: str) -> dict:
     return scores
 
 
-def _probe_scores(config: Config, cell: Cell) -> dict:
-    """``{benchmark}_probe_jf`` of one cell's frozen encoder on every segmentation.evaluate benchmark."""
+def _probe_scores(config: Config, cell: Cell | RandomInit) -> dict:
+    """``{benchmark}_probe_jf`` of one cell's (or the control's) frozen encoder on every
+    segmentation.evaluate benchmark."""
     scores = {}
     for benchmark in config.segmentation.evaluate:
         scores.update(_scores_of(Path(cell.paths(PROBE_METRICS, benchmark=benchmark)), f"{benchmark}_probe_",
-                                 PROBE_SCORES, f"no probe result for cell {cell.name} on {benchmark}; run probe"))
+                                 PROBE_SCORES, f"no probe result for {cell.name} on {benchmark}; run probe"))
     return scores
 
 
@@ -130,10 +143,11 @@ def _score_headers(config: Config) -> dict[str, str]:
 
 def _with_downstream(config: Config, frame: pd.DataFrame, cells: list[Cell], table: str) -> pd.DataFrame:
     """The cells' rows with their trackers', segmenters' and probe's scores, below the table's
-    baseline rows (no pretraining: both scratch models in one row; the trivial tracker and segmenter)."""
+    baseline rows (no pretraining: both scratch models in one row; the random-init control: its
+    tracker, segmenter and probe in one row; the trivial tracker and segmenter)."""
     tasks = [(task, task.table_models(config, table)) for task in DOWNSTREAM]
     tasks = [(task, models) for task, models in tasks if models]
-    probed = table_probe_cells(config, table)
+    probed = table_probe_encoders(config, table)
     if not tasks and not probed:
         return frame
     rows = []
@@ -145,14 +159,20 @@ def _with_downstream(config: Config, frame: pd.DataFrame, cells: list[Cell], tab
             row.update(_probe_scores(config, cell))
         rows.append(row)
     frame = pd.concat([frame, pd.DataFrame(rows, index=frame.index)], axis=1)
+    control = random_init_control(config, table)
     baselines = []
-    for name, label in BASELINE_ROWS.items():
+    for kind, label in BASELINE_ROWS.items():
+        encoder = control if kind == RANDOM_INIT else None
+        name = encoder.name if encoder else kind
         holders = [task for task, models in tasks if name in models]
-        if holders:
-            row = {"method": label}
-            for task in holders:
-                row.update(_downstream_scores(config, task, name))
-            baselines.append(row)
+        if not holders and encoder not in probed:
+            continue
+        row = {"method": label, **(_control_identity(encoder) if encoder else {})}
+        for task in holders:
+            row.update(_downstream_scores(config, task, name))
+        if encoder in probed:
+            row.update(_probe_scores(config, encoder))
+        baselines.append(row)
     if baselines:
         frame = pd.concat([pd.DataFrame(baselines), frame], ignore_index=True)
         # Baseline rows have no epochs or steps: keep these columns integer (nullable), not float.
@@ -197,14 +217,20 @@ SEGMENTATION_NOTE = ("Segmentation: DropSeg fine-tuned from each checkpoint (seg
                      "protocol computes them (first and last frames excluded; shown x 100). Probe J&F: label "
                      "propagation with the frozen pretraining encoder (segmentation.probe), no fine-tuning.")
 
+CONTROL_NOTE = ("Random init (never trained): the table source's pretraining model built and seeded as a cell's "
+                "(pretrain.seed) but not trained, then fine-tuned and probed like the cells: a cell's gap to it is "
+                "what its pretraining added (analysis.random_init_control).")
+
 
 def _notes(config: Config, table: str) -> list[str]:
     """The measured quantities, and a note on each downstream task the table shows."""
     notes = [MEASURED]
     if TRACKING.table_models(config, table):
         notes.append(TRACKING_NOTE)
-    if SEGMENTATION.table_models(config, table) or table_probe_cells(config, table):
+    if SEGMENTATION.table_models(config, table) or table_probe_encoders(config, table):
         notes.append(SEGMENTATION_NOTE)
+    if random_init_control(config, table):
+        notes.append(CONTROL_NOTE)
     return notes
 
 
