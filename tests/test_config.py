@@ -121,7 +121,7 @@ def test_segmentation_presets_merge_under_written_keys():
     assert paper.probe.topk == 5 and paper.probe.frame_short_side == 480
     demo = load_config([REPO / "params.yaml", REPO / "config" / "demo.yaml"],
                        ["segmentation.probe.topk=3", "segmentation.epochs=7"]).segmentation
-    assert list(demo.benchmarks) == ["demo"]  # the overlay replaced the paper's benchmarks whole
+    assert list(demo.benchmarks) == ["demo", "demo_unseen"]  # the overlay replaced the paper's benchmarks whole
     assert demo.image_size == 64 and demo.epochs == 7  # preset value, then a written key over it
     # a written probe key keeps the preset's other probe keys
     assert demo.probe.topk == 3 and demo.probe.neighbourhood == 4 and demo.probe.frame_short_side is None

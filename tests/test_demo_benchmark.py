@@ -15,16 +15,19 @@ from PIL import Image
 from dropmae.data.video_index import VideoSourceError
 from dropmae.demo.benchmark import (
     MARKER_NAME,
+    UNSEEN_PHOTOS,
     DemoBenchmarkSettings,
     build_demo_benchmark,
     cover_levels,
+    is_unseen_object,
     load_background_clips,
     load_object_bank,
     render_sequence,
 )
 
-SETTINGS = DemoBenchmarkSettings(train_sequences=3, val_sequences=8, frames_per_sequence=30, frame_size=(96, 72))
-TINY = replace(SETTINGS, train_sequences=2, val_sequences=2, frames_per_sequence=10)
+SETTINGS = DemoBenchmarkSettings(train_sequences=3, val_sequences=8, frames_per_sequence=30, frame_size=(96, 72),
+                                 unseen_sequences=4)
+TINY = replace(SETTINGS, train_sequences=2, val_sequences=2, frames_per_sequence=10, unseen_sequences=1)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -166,6 +169,46 @@ def test_boxes_are_the_full_target_mask_clipped_to_the_image(built, sources):
             assert _labels(sequence_dir, "cut_by_image")[t] == 0
 
 
+def _scene_of(sequence_dir: Path) -> dict[str, str]:
+    """The meta_info.ini fields of one GOT-10k sequence."""
+    lines = (sequence_dir / "meta_info.ini").read_text().splitlines()[1:]
+    return dict(line.split(": ", 1) for line in lines)
+
+
+def test_unseen_split_shows_only_other_footage_and_reserved_objects(built):
+    root, summary = built
+    names = [texture.name for texture in load_object_bank()]
+    reserved = {name for index, name in enumerate(names) if is_unseen_object(index)}
+    assert 0 < len(reserved) < len(names)
+
+    def scenes(split_dir: Path) -> list[dict[str, str]]:
+        return [_scene_of(split_dir / name) for name in (split_dir / "list.txt").read_text().split()]
+
+    def objects(scene: dict[str, str]) -> set[str]:
+        shown = {scene["object_texture"], scene["occluder"], *scene["davis_other_objects"].split()}
+        return shown - {"none"}
+
+    seen = scenes(root / "got10k" / "train") + scenes(root / "got10k" / "val")
+    unseen = scenes(root / "unseen" / "got10k" / "val")
+    assert len(unseen) == summary["unseen_sequences"] == 4
+    assert all(not objects(scene) & reserved for scene in seen)  # in no role: target, occluder, other object
+    assert all(objects(scene) <= reserved for scene in unseen)
+    photos = {f"skimage/{photo}" for photo in UNSEEN_PHOTOS}
+    assert all(scene["background_video"] in photos for scene in unseen)
+    assert not any(scene["background_video"] in photos for scene in seen)
+    # Its own benchmark in the standard layouts: the official toolkit and the DAVIS list read it.
+    dataset = GOT10k(str(root / "unseen" / "got10k"), subset="val")
+    assert len(dataset) == 4 and len(dataset[0][0]) == SETTINGS.frames_per_sequence
+    davis_list = (root / "unseen" / "davis" / "ImageSets" / "2017" / "val.txt").read_text().split()
+    assert davis_list == [path.name for path in sorted((root / "unseen" / "got10k" / "val").iterdir()) if path.is_dir()]
+    assert 0.0 < summary["repeat_first_box_ao"]["unseen"] < 1.0
+    # The camera moves over its photo: consecutive background frames differ, and not by a cut.
+    first = np.asarray(Image.open(root / "unseen" / "davis" / "JPEGImages" / "480p" / davis_list[0] / "00000.jpg"))
+    second = np.asarray(Image.open(root / "unseen" / "davis" / "JPEGImages" / "480p" / davis_list[0] / "00001.jpg"))
+    step = np.abs(first.astype(np.int64) - second).mean()
+    assert 0.0 < step < 40.0
+
+
 def test_same_seed_gives_the_same_bytes_and_another_seed_differs(tmp_path, demo_tree):
     first = build_demo_benchmark(demo_tree, tmp_path / "a", TINY)
     second = build_demo_benchmark(demo_tree, tmp_path / "b", TINY)
@@ -254,6 +297,7 @@ def test_cover_levels_bin_the_visible_ratio_like_got10k():
         ("occlusion_probability", 1.5),
         ("jpeg_quality", 0),
         ("holdout_val_objects", "yes"),
+        ("unseen_sequences", -1),
     ],
 )
 def test_out_of_range_settings_are_named(tmp_path, demo_tree, field, value):

