@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from dropmae.models.dropmae import ENCODER_SPECS, MASKING_MODES
+from dropmae.models.specs import ENCODER_SPECS, MASKING_MODES
+from dropmae.presets import SEGMENTATION_PRESETS, TRACKING_PRESETS
 
 METHODS = ("twinmae", "dropmae")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -229,7 +230,7 @@ class TrackingEvalSet:
 class TrackingConfig:
     """DropTrack (OSTrack with a DropMAE encoder): fine-tuning, inference and evaluation.
 
-    ``preset`` names a bundle of these keys (see dropmae.tracking.presets); keys written here
+    ``preset`` names a bundle of these keys (see dropmae.presets); keys written here
     override the preset, which overrides these defaults (OSTrack-256, GOT-10k only, 100 epochs).
     """
 
@@ -316,7 +317,7 @@ class ProbeConfig:
 class SegmentationConfig:
     """DropSeg (a ViT VOS model on a DropMAE encoder, STCN's training recipe) and the probe.
 
-    ``preset`` names a bundle of these keys (see dropmae.segmentation.presets); keys written
+    ``preset`` names a bundle of these keys (see dropmae.presets); keys written
     here override the preset, which overrides these defaults (STCN's main training: DAVIS +
     YouTube-VOS, 384 px crops, 150k iterations of 8 pairs).
     """
@@ -591,8 +592,6 @@ def _validate_benchmark_sets(prefix: str, section: Any, formats: tuple[str, ...]
 
 def _validate_tracking(config: Config) -> None:
     t = config.tracking
-    from dropmae.tracking.presets import TRACKING_PRESETS
-
     _require(t.preset is None or t.preset in TRACKING_PRESETS, "tracking.preset", f"must be one of {sorted(TRACKING_PRESETS)} or null", t.preset)
     _validate_benchmark_sets("tracking", t, TRACKING_FORMATS)
     for name in t.evaluate:
@@ -619,8 +618,6 @@ def _validate_tracking(config: Config) -> None:
 
 def _validate_segmentation(config: Config) -> None:
     s = config.segmentation
-    from dropmae.segmentation.presets import SEGMENTATION_PRESETS
-
     _require(s.preset is None or s.preset in SEGMENTATION_PRESETS, "segmentation.preset", f"must be one of {sorted(SEGMENTATION_PRESETS)} or null", s.preset)
     _validate_benchmark_sets("segmentation", s, SEGMENTATION_FORMATS)
     _require(s.image_size > 0 and s.image_size % config.model.patch_size == 0, "segmentation.image_size",
@@ -649,9 +646,6 @@ def _validate_segmentation(config: Config) -> None:
 
 def apply_presets(values: dict) -> dict:
     """tracking.preset's and segmentation.preset's keys under the keys written beside them (written keys win)."""
-    from dropmae.segmentation.presets import SEGMENTATION_PRESETS
-    from dropmae.tracking.presets import TRACKING_PRESETS
-
     for section, presets in (("tracking", TRACKING_PRESETS), ("segmentation", SEGMENTATION_PRESETS)):
         written = values.get(section)
         if not isinstance(written, dict) or written.get("preset") is None:

@@ -127,6 +127,20 @@ def test_segmentation_presets_merge_under_written_keys():
     assert demo.probe.topk == 3 and demo.probe.neighbourhood == 4 and demo.probe.frame_short_side is None
 
 
+def test_config_reads_plain_data_only():
+    """config.py validates against the presets and the model specs without importing torch (or a task)."""
+    import subprocess
+    import sys
+
+    probe = "import sys, dropmae.config; print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('dropmae.')))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == str(["dropmae.config", "dropmae.models", "dropmae.models.specs", "dropmae.presets"])
+
+    from dropmae.models import dropmae, encoder, specs
+
+    assert encoder.ENCODER_SPECS is specs.ENCODER_SPECS and dropmae.MASKING_MODES is specs.MASKING_MODES
+
+
 @pytest.mark.parametrize(
     "segmentation, key",
     [

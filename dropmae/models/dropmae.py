@@ -16,9 +16,8 @@ from timm.layers import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Attention
 
 from dropmae.models.asad import asad_attention_bias, asad_drop_mask
-from dropmae.models.encoder import (  # noqa: F401  (ENCODER_SPECS: config.py reads the sizes from here)
+from dropmae.models.encoder import (
     DECODER_PREFIXES,
-    ENCODER_SPECS,
     encoder_blocks,
     encoder_spec,
     frame_embedding,
@@ -27,8 +26,7 @@ from dropmae.models.encoder import (  # noqa: F401  (ENCODER_SPECS: config.py re
     patch_embedding,
     transformer_blocks,
 )
-
-MASKING_MODES = ("joint", "per_frame")
+from dropmae.models.specs import MASKING_MODES
 
 
 class ASADAttention(Attention):

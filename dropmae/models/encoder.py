@@ -23,22 +23,7 @@ import torch.nn as nn
 from timm.layers import PatchEmbed, resample_abs_pos_embed
 from timm.models.vision_transformer import Attention, Block
 
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    embed_dim: int
-    depth: int
-    num_heads: int
-
-
-# ViT encoder sizes by name; "micro" is a laptop-sized model for the demo and the tests.
-ENCODER_SPECS: dict[str, EncoderSpec] = {
-    "micro": EncoderSpec(embed_dim=96, depth=4, num_heads=3),
-    "tiny": EncoderSpec(embed_dim=192, depth=12, num_heads=3),
-    "small": EncoderSpec(embed_dim=384, depth=12, num_heads=6),
-    "base": EncoderSpec(embed_dim=768, depth=12, num_heads=12),
-    "large": EncoderSpec(embed_dim=1024, depth=24, num_heads=16),
-}
+from dropmae.models.specs import ENCODER_SPECS, EncoderSpec
 
 # Pretraining keys that belong to the decoder and are never loaded into a downstream model.
 DECODER_PREFIXES = ("decoder_", "mask_token")

@@ -1,12 +1,21 @@
-"""Named tracker recipes, named by what they set (as OSTrack's experiment files are).
+"""Named recipes of both downstream tasks, as data (as OSTrack's experiment files are).
 
-A preset is a mapping of ``tracking.*`` keys. params.yaml picks one with ``tracking.preset``;
-keys written beside it override it. Values are those of the OSTrack / DropTrack experiment
-files (vitb_{256,384}_mae_ce_32x4[_got10k]_ep{100,300}, with DropTrack's lr 2.5e-4).
+A preset is a mapping of ``tracking.*`` or ``segmentation.*`` keys, named by what it sets.
+params.yaml picks one with ``tracking.preset`` / ``segmentation.preset``; keys written beside it
+override it (:func:`dropmae.config.apply_presets` merges them). The task code reads the merged
+config and never these tables.
+
+Tracking: the values of the OSTrack / DropTrack experiment files
+(vitb_{256,384}_mae_ce_32x4[_got10k]_ep{100,300}, with DropTrack's lr 2.5e-4).
+
+Segmentation: DropSeg is an STCN fork: the main recipe trains on DAVIS 2017 train and YouTube-VOS
+2019 train (STCN samples them 5 : 1 by repeating DAVIS) at 384 px crops; the defaults of
+``SegmentationConfig`` hold its optimisation values.
 """
 
 from __future__ import annotations
 
+# ---------------------------------------------------------------------------- tracking
 # The full-data mixture of OSTrack / DropTrack, equal weights.
 FULL_DATA_TRAIN = {
     "lasot": {"split": "train", "weight": 1.0},
@@ -35,5 +44,23 @@ TRACKING_PRESETS: dict[str, dict] = {
         "max_frame_gap": 30, "epochs": 80, "samples_per_epoch": 512, "batch_size": 16, "lr": 1e-3,
         "backbone_lr_scale": 0.1, "lr_drop_epoch": 64, "ce_locations": [2], "ce_start_epoch": 20, "ce_warm_epochs": 20,
         "head_channels": 64, "drop_path_rate": 0.0, "num_workers": 0, "log_every_steps": 8, "clip_margin": 2.0,
+    },
+}
+
+
+# ------------------------------------------------------------------------ segmentation
+SEGMENTATION_PRESETS: dict[str, dict] = {
+    "davis_youtube": {
+        "train": {"davis17": {"split": "train", "weight": 5.0}, "youtube": {"split": "train", "weight": 1.0}},
+    },
+    "davis_only": {"train": {"davis17": {"split": "train", "weight": 1.0}}},
+    # Laptop-sized: the micro demo encoder (patch 8) on 64 px crops of the 128x96 demo frames,
+    # frames segmented at their stored size.
+    "demo_micro": {
+        "image_size": 64, "max_frame_skip": 10, "crop_scale": [0.5, 1.0], "min_object_pixels": 16,
+        "decoder_channels": 32, "drop_path_rate": 0.0, "epochs": 30, "samples_per_epoch": 512, "batch_size": 16,
+        "lr": 1e-3, "weight_decay": 1e-4, "lr_drop_epoch": 24, "bootstrap_start_epoch": 5, "bootstrap_end_epoch": 15,
+        "num_workers": 0, "log_every_steps": 8, "frame_short_side": None,
+        "probe": {"frame_short_side": None, "neighbourhood": 4},
     },
 }
