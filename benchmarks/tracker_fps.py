@@ -17,6 +17,7 @@ import time
 import numpy as np
 import torch
 
+from dropmae.engine.loop import default_device
 from dropmae.tracking.model import DropTrack
 from dropmae.tracking.tracker import DropTracker, TrackerSettings
 
@@ -49,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     locations = args.ce_locations if args.ce_locations is not None else ([2] if args.encoder == "micro" else [3, 6, 9])
     rng = np.random.default_rng(0)
     size = 4 * args.search

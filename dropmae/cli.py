@@ -74,9 +74,12 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_reconstruct(args) -> int:
+    from dropmae.engine.pretrain import load_pretrained
     from dropmae.viz.reconstruct import save_reconstruction_grid
 
-    path = save_reconstruction_grid(args.checkpoint, args.data, args.output, num_pairs=args.pairs, split=args.split)
+    model, state = load_pretrained(args.checkpoint)
+    path = save_reconstruction_grid(model, state, args.data, args.output, num_pairs=args.pairs, split=args.split,
+                                    checkpoint_name=Path(args.checkpoint).name)
     print(f"wrote {path}")
     return 0
 

@@ -24,7 +24,7 @@ from dropmae.config import PretrainRun, config_from_dict
 from dropmae.data.extract import ExtractionSettings, extract_frames
 from dropmae.data.pairs import FramePairDataset
 from dropmae.engine.checkpoint import load_checkpoint
-from dropmae.engine.pretrain import pretrain
+from dropmae.engine.pretrain import load_pretrained, pretrain
 from dropmae.models.dropmae import DropMAE
 
 IMG_SIZE, PATCH_SIZE, DECODER_DEPTH, DECODER_HEADS = 32, 8, 2, 4
@@ -272,8 +272,9 @@ def test_checkpoint_shares_and_heatmap(checkpoint, frames_root, tmp_path):
     assert abs(totals - 1).max() < 1e-5
 
     sizes = {}
+    model, state = load_pretrained(checkpoint)
     for count in (1, 2):
-        png = save_temporal_matching_heatmap(checkpoint, frames_root, tmp_path / f"f_tem_{count}.png",
+        png = save_temporal_matching_heatmap(model, state, frames_root, tmp_path / f"f_tem_{count}.png",
                                              num_pairs=count)
         assert png.stat().st_size > 0
         with Image.open(png) as image:

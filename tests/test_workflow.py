@@ -14,6 +14,7 @@ import yaml
 
 from dropmae.config import PretrainRun, config_to_dict, json_schema, load_config
 from dropmae.engine import pretrain as pretrain_module
+from dropmae.engine.pretrain import load_pretrained
 from dropmae.engine.checkpoint import load_checkpoint
 from dropmae.segmentation.model import dropseg_from_checkpoint
 from dropmae.segmentation.propagation import frame_encoder_from_checkpoint
@@ -21,7 +22,6 @@ from dropmae.segmentation.train import segmenter_model_arguments
 from dropmae.demo.benchmark import DemoBenchmarkSettings
 from dropmae.tracking.model import droptrack_from_checkpoint
 from dropmae.tracking.train import tracker_model_arguments
-from dropmae.viz.reconstruct import load_pretrained
 from dropmae.workflow import layout, stages, tables
 from workflow_support import (
     REPO,

@@ -26,7 +26,7 @@ from dropmae.config import config_from_dict  # noqa: E402
 from dropmae.data.images import normalized_to_image  # noqa: E402
 from dropmae.data.pairs import FramePairDataset, whole_frame_pairs  # noqa: E402
 from dropmae.models.dropmae import DropMAE  # noqa: E402
-from dropmae.viz.reconstruct import load_pretrained  # noqa: E402
+from dropmae.engine.pretrain import load_pretrained  # noqa: E402
 
 DISPLAY_NAMES = {"twinmae": "TwinMAE", "dropmae": "DropMAE"}
 SHARE_COLUMNS = ("layer", "within_frame", "between_frame")
@@ -240,7 +240,8 @@ def save_attention_bars(shares: pd.DataFrame, path: str | Path) -> Path:
 
 
 def save_temporal_matching_heatmap(
-    checkpoint_path: str | Path,
+    model: DropMAE,
+    state: dict,
     frames_root: str | Path,
     path: str | Path,
     num_pairs: int = 2,
@@ -248,8 +249,8 @@ def save_temporal_matching_heatmap(
     seed: int = 0,
 ) -> Path:
     """PNG, one row per held-out pair: frame 1, frame 2, then each frame with its f_tem map
-    (mean over decoder layers, upsampled to the image) overlaid on one shared colour scale."""
-    model, state = load_pretrained(checkpoint_path)
+    (mean over decoder layers, upsampled to the image) overlaid on one shared colour scale.
+    ``model`` and its checkpoint ``state`` come from :func:`dropmae.engine.pretrain.load_pretrained`."""
     dataset = analysis_pairs(state, frames_root, split, seed)
     count = min(num_pairs, len(dataset))
     frames = torch.stack([dataset[i] for i in range(count)])

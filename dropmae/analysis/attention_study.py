@@ -41,9 +41,8 @@ from dropmae.analysis.attention import (
 from dropmae.config import METHODS, Config, ConfigError, PretrainRun, config_from_dict, study_epochs, study_pretrain
 from dropmae.data.pairs import whole_frame_pairs
 from dropmae.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint
-from dropmae.engine.pretrain import SUMMARY_FILE, pretrain, resolve_device
+from dropmae.engine.pretrain import SUMMARY_FILE, load_pretrained, pretrain, resolve_device
 from dropmae.models.dropmae import DropMAE
-from dropmae.viz.reconstruct import load_pretrained
 from dropmae.workflow.layout import Cell, attention_study_source
 from dropmae.workflow.stages import RUN_ARTIFACTS, run_signature
 

@@ -1,5 +1,5 @@
 """What every downstream fine-tuning (DropTrack, DropSeg) does around its task: data first,
-a seeded model, the shared training loop."""
+a seeded model, the shared training loop; and loading the fine-tuned model back."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from dropmae.config import Config, config_from_dict
+from dropmae.engine.checkpoint import load_checkpoint
 from dropmae.engine.distributed import init_distributed
 from dropmae.engine.loop import (
     LoopSettings,
@@ -54,3 +56,20 @@ def finetune_downstream(
     task = build_task(model.to(device), data)
     return run_training(task, loop_settings_of(section), output_dir, context, device,
                         stop_after_steps=stop_after_steps, progress=progress)
+
+
+def load_finetuned(
+    path: str | Path,
+    build: Callable[[Config, str, int], torch.nn.Module],
+    device: str | torch.device = "cpu",
+) -> tuple[torch.nn.Module, Config]:
+    """A fine-tuned model in eval mode, and the config it was trained with, from its checkpoint
+    (checkpoint-last.pth or the stage's model.pth). ``build(config, encoder, patch_size)`` makes the
+    task's empty model; the encoder's size is the checkpoint's ``architecture`` (it may come from the
+    pretraining checkpoint, not model.*)."""
+    state = load_checkpoint(path)
+    config = config_from_dict(state["config"])
+    architecture = state["architecture"]
+    model = build(config, architecture["encoder"], architecture["patch_size"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), config

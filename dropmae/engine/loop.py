@@ -113,9 +113,15 @@ class TrainingTask:
         return {}
 
 
+def default_device() -> torch.device:
+    """The GPU when there is one, else the CPU: the one device choice of training, evaluation and analysis."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device``, or :func:`default_device` when None."""
     if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return default_device()
     return torch.device(device)
 
 

@@ -14,9 +14,10 @@ import torch
 from timm.optim import param_groups_weight_decay
 from torch.utils.data import Dataset
 
-from dropmae.config import Config, PretrainRun, config_to_dict
+from dropmae.config import Config, PretrainRun, config_from_dict, config_to_dict
 from dropmae.data.device_decode import EncodedPairBatch, collate_encoded, decode_pairs
 from dropmae.data.pairs import FramePairDataset, PackedFramePairDataset, VideoFramePairDataset, normalize_frames
+from dropmae.engine.checkpoint import load_checkpoint
 from dropmae.engine.distributed import init_distributed
 from dropmae.engine.loop import (  # noqa: F401  (re-exported: the pretraining API predates the loop)
     METRICS_LOG,
@@ -49,6 +50,15 @@ def build_model(config: Config, run: PretrainRun) -> DropMAE:
         norm_pix_loss=p.norm_pix_loss,
         asad_p=run.drop_probability(config),
     )
+
+
+def load_pretrained(checkpoint_path: str | Path) -> tuple[DropMAE, dict]:
+    """The model of a pretraining checkpoint (in eval mode) and the checkpoint itself: a strict
+    load of the whole model, built from the checkpoint's own config and run."""
+    state = load_checkpoint(checkpoint_path)
+    model = build_model(config_from_dict(state["config"]), PretrainRun(**state["run"]))
+    model.load_state_dict(state["model"])
+    return model.eval(), state
 
 
 def build_pair_dataset(config: Config, data_path: str | Path, split: str = "train") -> Dataset:

@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 
 from dropmae.config import Config, config_to_dict
-from dropmae.engine.checkpoint import load_checkpoint
-from dropmae.engine.finetune import finetune_downstream
+from dropmae.engine.finetune import finetune_downstream, load_finetuned
 from dropmae.engine.loop import TrainingOutcome, TrainingTask
 from dropmae.models.encoder import LoadReport
 from dropmae.segmentation.datasets import (
@@ -135,12 +134,5 @@ def finetune_segmenter(
 
 def load_finetuned_segmenter(path: str | Path, device: str | torch.device = "cpu") -> tuple[DropSeg, Config]:
     """A fine-tuned segmenter in eval mode, and the config it was trained with, from its checkpoint."""
-    from dropmae.config import config_from_dict
-
-    state = load_checkpoint(path)
-    config = config_from_dict(state["config"])
-    architecture = state["architecture"]  # the encoder may come from the pretraining checkpoint, not model.*
-    model = DropSeg(encoder=architecture["encoder"], patch_size=architecture["patch_size"],
-                    **segmenter_model_arguments(config))
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), config
+    return load_finetuned(path, lambda config, encoder, patch_size: DropSeg(
+        encoder=encoder, patch_size=patch_size, **segmenter_model_arguments(config)), device)

@@ -15,8 +15,7 @@ from pathlib import Path
 import torch
 
 from dropmae.config import Config, config_to_dict
-from dropmae.engine.checkpoint import load_checkpoint
-from dropmae.engine.finetune import finetune_downstream
+from dropmae.engine.finetune import finetune_downstream, load_finetuned
 from dropmae.engine.loop import TrainingOutcome, TrainingTask
 from dropmae.models.encoder import LoadReport
 from dropmae.tracking.datasets import TrackingSequence, read_benchmark
@@ -148,12 +147,5 @@ def finetune_tracker(
 def load_finetuned_tracker(path: str | Path, device: str | torch.device = "cpu") -> tuple[DropTrack, Config]:
     """A fine-tuned tracker in eval mode, and the config it was trained with, from its checkpoint
     (checkpoint-last.pth or the stage's model.pth)."""
-    from dropmae.config import config_from_dict
-
-    state = load_checkpoint(path)
-    config = config_from_dict(state["config"])
-    architecture = state["architecture"]  # the encoder may come from the pretraining checkpoint, not model.*
-    model = DropTrack(encoder=architecture["encoder"], patch_size=architecture["patch_size"],
-                      **tracker_model_arguments(config))
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), config
+    return load_finetuned(path, lambda config, encoder, patch_size: DropTrack(
+        encoder=encoder, patch_size=patch_size, **tracker_model_arguments(config)), device)

@@ -10,22 +10,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from dropmae.config import PretrainRun, config_from_dict  # noqa: E402
+from dropmae.config import config_from_dict  # noqa: E402
 from dropmae.data.images import normalized_to_image  # noqa: E402
 from dropmae.data.pairs import whole_frame_pairs  # noqa: E402
-from dropmae.engine.checkpoint import load_checkpoint  # noqa: E402
-from dropmae.engine.pretrain import build_model  # noqa: E402
 from dropmae.models.dropmae import DropMAE  # noqa: E402
-
-
-def load_pretrained(checkpoint_path: str | Path) -> tuple[DropMAE, dict]:
-    """The model of a pretraining checkpoint (in eval mode) and the checkpoint itself."""
-    state = load_checkpoint(checkpoint_path)
-    config = config_from_dict(state["config"])
-    run = PretrainRun(**state["run"])
-    model = build_model(config, run)
-    model.load_state_dict(state["model"])
-    return model.eval(), state
 
 
 @torch.no_grad()
@@ -46,15 +34,21 @@ def reconstruct_pairs(model: DropMAE, frames: torch.Tensor, seed: int = 0):
 
 
 def save_reconstruction_grid(
-    checkpoint_path: str | Path,
+    model: DropMAE,
+    state: dict,
     frames_root: str | Path,
     output_png: str | Path,
     num_pairs: int = 4,
     split: str = "val",
     seed: int = 0,
+    checkpoint_name: str = "",
 ) -> Path:
-    """Write a PNG grid: one row per frame of each held-out pair, columns original / masked / reconstruction."""
-    model, state = load_pretrained(checkpoint_path)
+    """Write a PNG grid: one row per frame of each held-out pair, columns original / masked / reconstruction.
+
+    ``model`` (in eval mode) and its checkpoint ``state`` (config, run, epoch) come from
+    :func:`dropmae.engine.pretrain.load_pretrained`; ``checkpoint_name`` (the file's name) goes
+    into the title.
+    """
     config = config_from_dict(state["config"])
     dataset = whole_frame_pairs(frames_root, config.model.img_size, config.pretrain.frame_gap, split=split, seed=seed)
     count = min(num_pairs, len(dataset))
@@ -75,7 +69,8 @@ def save_reconstruction_grid(
                 if col == 0:
                     axis.set_ylabel(f"pair {pair + 1} frame {frame + 1}", fontsize=8)
     run = state["run"]
-    figure.suptitle(f"{run['method']} epoch {state['epoch']} ({Path(checkpoint_path).name})", fontsize=9)
+    source = f" ({checkpoint_name})" if checkpoint_name else ""
+    figure.suptitle(f"{run['method']} epoch {state['epoch']}{source}", fontsize=9)
     figure.tight_layout()
     output_png = Path(output_png)
     output_png.parent.mkdir(parents=True, exist_ok=True)

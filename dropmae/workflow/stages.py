@@ -17,6 +17,7 @@ import torch
 
 from dropmae.config import Config, PretrainRun, config_from_dict, config_to_dict
 from dropmae.engine.checkpoint import LAST_CHECKPOINT, atomic_torch_save, load_checkpoint
+from dropmae.engine.loop import default_device
 from dropmae.workflow import layout
 from dropmae.workflow.layout import Cell, RandomInit, ensure_parent, frames_dir
 
@@ -173,10 +174,11 @@ def analyse_cell(config: Config, cell: Cell, model_path: str | Path, run_summary
     from dropmae.analysis.attention import decoder_attention_shares, save_temporal_matching_heatmap
     from dropmae.data.pairs import whole_frame_pairs
     from dropmae.engine.evaluate import heldout_reconstruction_loss
-    from dropmae.viz.reconstruct import load_pretrained, save_reconstruction_grid
+    from dropmae.engine.pretrain import load_pretrained
+    from dropmae.viz.reconstruct import save_reconstruction_grid
 
     a = config.analysis
-    model, state = load_pretrained(model_path)
+    model, state = load_pretrained(model_path)  # once: every step below takes this model
     trained_config = config_from_dict(state["config"])  # the cell's own input size and frame gap
     # Raises, naming the folder, when the manifest has no held-out videos.
     heldout = whole_frame_pairs(frames_dir, trained_config.model.img_size, trained_config.pretrain.frame_gap,
@@ -187,8 +189,9 @@ def analyse_cell(config: Config, cell: Cell, model_path: str | Path, run_summary
     shares.insert(0, "method", cell.method)
     shares.insert(1, "epochs", cell.epochs)
     shares.to_csv(ensure_parent(attention_path), index=False)
-    save_reconstruction_grid(model_path, frames_dir, reconstruction_png, num_pairs=a.figure_pairs, seed=a.seed)
-    save_temporal_matching_heatmap(model_path, frames_dir, temporal_matching_png, num_pairs=a.figure_pairs,
+    save_reconstruction_grid(model, state, frames_dir, reconstruction_png, num_pairs=a.figure_pairs, seed=a.seed,
+                             checkpoint_name=Path(model_path).name)
+    save_temporal_matching_heatmap(model, state, frames_dir, temporal_matching_png, num_pairs=a.figure_pairs,
                                    seed=a.seed)
     run_summary = json.loads(Path(run_summary_path).read_text())
     metrics = {
@@ -304,10 +307,6 @@ def _fresh_folder(path: str | Path) -> Path:
     return path
 
 
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def evaluate_tracker_stage(config: Config, tracker: str, benchmark: str, model_path: str | Path | None,
                            metrics_path: str | Path, plot_path: str | Path, raw_dir: str | Path,
                            report: Callable[[str], None] = print) -> dict:
@@ -325,7 +324,7 @@ def evaluate_tracker_stage(config: Config, tracker: str, benchmark: str, model_p
     if tracker == layout.FIRST_BOX:
         run = run_first_box_baseline
     else:
-        device = _device()
+        device = default_device()
         model, trained = load_finetuned_tracker(model_path, device)
         # Crop factors are the fine-tuning's (the network saw those scales); the margin is this run's.
         settings = TrackerSettings(trained.tracking.template_factor, trained.tracking.search_factor, t.clip_margin)
@@ -450,7 +449,7 @@ def evaluate_segmenter_stage(config: Config, segmenter: str, benchmark: str, mod
         copy_first_mask_baseline(sequences, raw_dir)
         timing = {"frames": sum(len(sequence) for sequence in sequences), "seconds": None, "frames_per_second": None}
     else:
-        device = _device()
+        device = default_device()
         model, _ = load_finetuned_segmenter(model_path, device)
         # Inference settings are this run's (they change no weights), unlike the crop size trained with.
         online = DropSegmenter(model, SegmenterSettings.from_config(config.segmentation), device)
@@ -475,7 +474,7 @@ def probe_stage(config: Config, cell: Cell | RandomInit, benchmark: str, model_p
     probe.pop("enabled")
     settings = PropagationSettings(**probe)
     raw_dir = _fresh_folder(raw_dir)
-    timing = run_probe(model_path, sequences, raw_dir, settings, _device())
+    timing = run_probe(model_path, sequences, raw_dir, settings, default_device())
     metrics: dict = {**dataclasses.asdict(cell), "benchmark": benchmark, "format": bench.format, "split": split,
                      **timing, "settings": dataclasses.asdict(settings), "results": str(raw_dir),
                      "checkpoint": str(model_path), "checkpoint_sha256": sha256_of(model_path)}
