@@ -3,6 +3,9 @@ and the agreement between the Snakefile and dvc.yaml."""
 
 from __future__ import annotations
 
+import argparse
+import ast
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -432,6 +435,165 @@ def test_dvc_params_are_what_the_rules_rerun_on(agreement_repo):
                                                           "segmentation.probe"]
     assert dvc["probe_random_init@clips-demo"]["params"] == dvc["probe@demo-dropmae-1-demo"]["params"]
     assert dvc["evaluate_segmenter_random_init@demo-demo"]["params"] == sorted(evaluate)
+
+
+# ----------------------------------------------------------------------------- DVC code dependencies
+# What each command of a dvc.yaml stage runs: the functions cli.py hands the command to.
+STAGE_ENTRY_POINTS = {
+    "stage demo-videos": ["dropmae.workflow.stages.build_demo_videos"],
+    "stage extract-frames": ["dropmae.workflow.stages.extract_source"],
+    "stage random-init": ["dropmae.workflow.stages.random_init_stage"],
+    "stage pretrain": ["dropmae.workflow.stages.pretrain_cell", "dropmae.workflow.stages.pretrain_data_path"],
+    "stage analyse": ["dropmae.workflow.stages.analyse_cell"],
+    "stage table": ["dropmae.workflow.tables.build_table"],
+    "stage demo-benchmark": ["dropmae.workflow.stages.build_demo_benchmark_stage"],
+    "stage finetune-tracker": ["dropmae.workflow.stages.finetune_tracker_stage"],
+    "stage evaluate-tracker": ["dropmae.workflow.stages.evaluate_tracker_stage"],
+    "stage finetune-segmenter": ["dropmae.workflow.stages.finetune_segmenter_stage"],
+    "stage evaluate-segmenter": ["dropmae.workflow.stages.evaluate_segmenter_stage"],
+    "stage probe": ["dropmae.workflow.stages.probe_stage"],
+    "attention-study": ["dropmae.analysis.attention_study.run_attention_study"],
+}
+
+
+def _module_file(module: str) -> Path | None:
+    """The file of a dotted dropmae module (a package: its __init__.py); None when there is none."""
+    path = REPO.joinpath(*module.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@functools.cache
+def _parsed(module: str) -> tuple[dict[str, ast.AST], dict[str, tuple[str, str | None]], list[ast.stmt]]:
+    """A module's top-level functions and classes, the names its top-level imports bind (name ->
+    (module, name in it), or (module, None) for a module), and its other top-level statements."""
+    tree = ast.parse(_module_file(module).read_text())
+    definitions = {node.name: node for node in tree.body
+                   if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    bound = dict(_bindings(tree.body))
+    others = [node for node in tree.body if not isinstance(node, (ast.Import, ast.ImportFrom, *map(type, definitions.values())))]
+    return definitions, bound, others
+
+
+def _bindings(statements) -> list[tuple[str, tuple[str, str | None]]]:
+    """(bound name, (dropmae module, name in it or None)) of the import statements among ``statements``."""
+    found = []
+    for node in statements:
+        if isinstance(node, ast.Import):
+            found += [(alias.asname or alias.name.split(".")[0], (alias.name, None)) for alias in node.names
+                      if alias.name.split(".")[0] == "dropmae"]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "dropmae":
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                target = (submodule, None) if _module_file(submodule) else (node.module, alias.name)
+                found.append((alias.asname or alias.name, target))
+    return found
+
+
+def _entry_point_code(entry: str) -> set[Path]:
+    """The dropmae files whose code one function runs, found with `ast`: a function or class counts
+    with its module's file and the top-level statements there (constants), and adds what its body
+    names: the module's other functions and classes, names from the module's top-level imports and
+    from its own function-local imports, attributes of imported modules; transitively. What an
+    import merely defines and never runs is left out (the other functions of a module, the
+    re-exports of the packages' __init__.py)."""
+    module, function = entry.rsplit(".", 1)
+    files, seen, todo = set(), set(), [(module, function)]
+    while todo:
+        unit = todo.pop()
+        if unit in seen:
+            continue
+        seen.add(unit)
+        module, name = unit
+        if _module_file(module) is None:
+            continue
+        if name is None:  # the module's file and what its top-level statements (constants) name
+            files.add(_module_file(module))
+            definitions, bound, others = _parsed(module)
+            nodes = others
+        else:
+            todo.append((module, None))
+            definitions, bound, _ = _parsed(module)
+            if name not in definitions:
+                if name in bound:  # a re-exported name
+                    todo.append(bound[name])
+                continue
+            nodes = [definitions[name]]
+        for node in nodes:
+            local = dict(_bindings([item for item in ast.walk(node) if isinstance(item, (ast.Import, ast.ImportFrom))]))
+            todo += [target if target[1] is not None else (target[0], None) for target in local.values()]
+            scope = {**bound, **local}
+            for item in ast.walk(node):
+                if isinstance(item, ast.Name):
+                    if item.id in scope:
+                        todo.append(scope[item.id])
+                    elif item.id in definitions:
+                        todo.append((module, item.id))
+                elif isinstance(item, ast.Attribute) and isinstance(item.value, ast.Name) \
+                        and scope.get(item.value.id, (None, "")) [1] is None and item.value.id in scope:
+                    todo.append((scope[item.value.id][0], item.attr))
+    return files
+
+
+def _stage_subcommands() -> set[str]:
+    from dropmae.cli import build_parser
+
+    def subcommands(parser: argparse.ArgumentParser) -> dict:
+        return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+    return set(subcommands(subcommands(build_parser())["stage"]))
+
+
+def test_the_stage_entry_points_are_what_the_cli_dispatches_to():
+    """STAGE_ENTRY_POINTS names every `dropmae stage` subcommand and every function of the
+    workflow modules that cli.py's stage handlers call."""
+    assert {key.removeprefix("stage ") for key in STAGE_ENTRY_POINTS if key.startswith("stage ")} == _stage_subcommands()
+    cli = ast.parse((REPO / "dropmae" / "cli.py").read_text())
+    handlers = {node.name: node for node in cli.body if isinstance(node, ast.FunctionDef)}
+    called = {f"dropmae.workflow.{item.value.id}.{item.attr}"
+              for name in ("cmd_stage", "_downstream_stage", "_probe_stage") for item in ast.walk(handlers[name])
+              if isinstance(item, ast.Attribute) and isinstance(item.value, ast.Name)
+              and item.value.id in ("stages", "tables") and not item.attr.isupper()}
+    expected = {entry for key, entries in STAGE_ENTRY_POINTS.items() if key.startswith("stage ") for entry in entries}
+    assert called == expected
+    study = {alias.name for item in ast.walk(handlers["cmd_attention_study"]) if isinstance(item, ast.ImportFrom)
+             and item.module == "dropmae.analysis.attention_study" for alias in item.names}
+    assert "run_attention_study" in study
+
+
+@pytest.mark.parametrize("dvc_file", ["dvc.yaml", "studies/dvc.yaml"])
+def test_dvc_code_deps_cover_the_code_each_stage_runs(dvc_file):
+    """Each dvc.yaml stage that runs `dropmae stage <name>` (or `dropmae attention-study`) lists,
+    as deps, every file of dropmae/ that its command runs (a folder covers the files under it), so a
+    code change reruns exactly the stages it can change.
+
+    Derived per stage from the imports, with `ast` (see _entry_point_code): from the function of
+    dropmae/workflow/stages.py (or tables.py, attention_study.py) that cli.py dispatches to (see
+    STAGE_ENTRY_POINTS, checked against cli.py above), through the functions and classes it names
+    and the imports, top-level and function-local, inside dropmae/: per function, so a module
+    counts when a stage runs code of it, not because something it imports imports it. cli.py itself
+    is left out: it reads params.yaml (whose values are the stages' params) and names paths (the
+    stages' outs) and computes nothing.
+    """
+    stages_of = yaml.safe_load((REPO / dvc_file).read_text())["stages"]
+    checked, missing = 0, {}
+    for name, stage in stages_of.items():
+        body = stage.get("do", stage)
+        words = " ".join(body["cmd"].split()).split()
+        if words[:1] != ["dropmae"]:
+            continue
+        command = " ".join(words[1:3] if words[1] == "stage" else words[1:2])
+        assert command in STAGE_ENTRY_POINTS, f"{dvc_file} {name}: no entry point known for `dropmae {command}`"
+        deps = [dep for dep in body.get("deps", []) if dep.startswith("dropmae")]
+        code = set().union(*(_entry_point_code(entry) for entry in STAGE_ENTRY_POINTS[command]))
+        for path in sorted(str(path.relative_to(REPO)) for path in code):
+            if not any(_covers(dep, path) for dep in deps):
+                missing.setdefault(name, []).append(path)
+        checked += 1
+    assert checked > 0
+    assert not missing, f"{dvc_file}: code a stage runs but does not list as a dep: {missing}"
 
 
 @pytest.fixture(scope="module")
