@@ -1,0 +1,108 @@
+"""Does pretraining pay off? One step of the pretraining -> fine-tuning chain at a time, outside the DAG.
+
+Each call runs one step with the project's own functions and appends one JSON line (its settings
+and scores) to OUTPUT/results.jsonl, so settings can be compared run by run without rebuilding the
+whole demo. The README's "Does pretraining pay off on the demo?" lists the runs behind its table.
+
+    python benchmarks/demo_payoff.py pretrain tw --method twinmae [--set pretrain.batch_size=16 ...]
+    python benchmarks/demo_payoff.py random-init init
+    python benchmarks/demo_payoff.py probe tw --checkpoint OUTPUT/pretrain/tw/checkpoint-last.pth
+    python benchmarks/demo_payoff.py track tw --checkpoint OUTPUT/pretrain/tw/checkpoint-last.pth
+    python benchmarks/demo_payoff.py segment tw --checkpoint OUTPUT/pretrain/tw/checkpoint-last.pth
+
+Config: params.yaml + config/demo.yaml unless --config is given, then --set overrides (for example
+a larger val split built with dropmae.demo.benchmark: --set 'tracking.benchmarks={...}'). Trackers
+and segmenters are scored on every tracking.evaluate / segmentation.evaluate benchmark; the
+probe on every segmentation.evaluate benchmark. Needs data/frames/demo and data/demo-benchmark
+(`snakemake data/frames/demo/manifest.csv data/demo-benchmark/summary.json --profile profiles/local
+--configfile config/demo.yaml`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from dropmae.config import config_to_dict, load_config, resolve_run
+from dropmae.engine.checkpoint import atomic_torch_save
+from dropmae.engine.pretrain import build_model, pretrain
+from dropmae.seeding import derive_seed
+from dropmae.workflow import stages
+from dropmae.workflow.layout import Cell
+
+
+def _scores(metrics: dict, keys: tuple[str, ...]) -> dict:
+    return {key: metrics.get(key) for key in keys}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=["pretrain", "random-init", "probe", "track", "segment"])
+    parser.add_argument("name", help="the run's name (a folder under OUTPUT/<step>/)")
+    parser.add_argument("--checkpoint", help="a pretraining checkpoint (probe, track, segment; none: no pretraining)")
+    parser.add_argument("--method", default="twinmae", choices=["twinmae", "dropmae"])
+    parser.add_argument("--config", action="append", default=[])
+    parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument("--data", default="data/frames/demo", help="extracted frames for pretraining")
+    parser.add_argument("--output", default="runs/payoff")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the demo runs fine-tunings on one)")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    config = load_config(args.config or ["params.yaml", "config/demo.yaml"], args.overrides)
+    out = Path(args.output) / args.step / args.name
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    record: dict = {"step": args.step, "name": args.name, "checkpoint": args.checkpoint, "set": args.overrides}
+    ignore = lambda message: None  # noqa: E731  (the scores go to results.jsonl)
+
+    if args.step == "pretrain":
+        run = resolve_run(config, args.method, config.pretrain.epochs[0])
+        outcome = pretrain(config, run, args.data, out, device="cpu", progress=False)
+        record.update(method=args.method, steps=outcome.global_step, last_loss=outcome.last_loss)
+    elif args.step == "random-init":  # the pretraining model as seeded for training, never trained
+        run = resolve_run(config, args.method, config.pretrain.epochs[0])
+        torch.manual_seed(derive_seed(config.pretrain.seed, 0))
+        model = build_model(config, run)
+        atomic_torch_save({"model": model.state_dict(), "config": config_to_dict(config), "run": dataclasses.asdict(run),
+                           "epoch": 0}, out / "checkpoint-last.pth")
+    elif args.step == "probe":
+        for benchmark in config.segmentation.evaluate:
+            metrics = stages.probe_stage(config, Cell("demo", args.method, 1), benchmark, args.checkpoint,
+                                         out / f"{benchmark}.json", out / f"{benchmark}.png", out / f"raw_{benchmark}",
+                                         report=ignore)
+            record[benchmark] = _scores(metrics, ("jf", "j", "f"))
+    elif args.step == "track":
+        from dropmae.tracking.train import finetune_tracker
+
+        outcome = finetune_tracker(config, args.checkpoint, out / "run", device="cpu", progress=False)
+        record["last_loss"] = outcome.last_loss
+        for benchmark in config.tracking.evaluate:
+            metrics = stages.evaluate_tracker_stage(config, args.name, benchmark, out / "run" / "checkpoint-last.pth",
+                                                    out / f"{benchmark}.json", out / f"{benchmark}.png",
+                                                    out / f"raw_{benchmark}", report=ignore)
+            record[benchmark] = _scores(metrics, ("ao", "sr50", "sr75"))
+    else:
+        from dropmae.segmentation.train import finetune_segmenter
+
+        outcome = finetune_segmenter(config, args.checkpoint, out / "run", device="cpu", progress=False)
+        record["last_loss"] = outcome.last_loss
+        for benchmark in config.segmentation.evaluate:
+            metrics = stages.evaluate_segmenter_stage(config, args.name, benchmark, out / "run" / "checkpoint-last.pth",
+                                                      out / f"{benchmark}.json", out / f"{benchmark}.png",
+                                                      out / f"raw_{benchmark}", report=ignore)
+            record[benchmark] = _scores(metrics, ("jf", "j", "f"))
+    record["seconds"] = round(time.time() - started, 1)
+    line = json.dumps(record)
+    print(line)
+    with open(Path(args.output) / "results.jsonl", "a") as log:
+        log.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
