@@ -77,26 +77,20 @@ def main() -> None:
                                          out / f"{benchmark}.json", out / f"{benchmark}.png", out / f"raw_{benchmark}",
                                          report=ignore)
             record[benchmark] = _scores(metrics, ("jf", "j", "f"))
-    elif args.step == "track":
+    else:  # fine-tune a tracker or a segmenter, then score it on every benchmark its section evaluates
+        from dropmae.segmentation.train import finetune_segmenter
         from dropmae.tracking.train import finetune_tracker
 
-        outcome = finetune_tracker(config, args.checkpoint, out / "run", device="cpu", progress=False)
+        finetune, evaluate, section, keys = {
+            "track": (finetune_tracker, stages.evaluate_tracker_stage, config.tracking, ("ao", "sr50", "sr75")),
+            "segment": (finetune_segmenter, stages.evaluate_segmenter_stage, config.segmentation, ("jf", "j", "f")),
+        }[args.step]
+        outcome = finetune(config, args.checkpoint, out / "run", device="cpu", progress=False)
         record["last_loss"] = outcome.last_loss
-        for benchmark in config.tracking.evaluate:
-            metrics = stages.evaluate_tracker_stage(config, args.name, benchmark, out / "run" / "checkpoint-last.pth",
-                                                    out / f"{benchmark}.json", out / f"{benchmark}.png",
-                                                    out / f"raw_{benchmark}", report=ignore)
-            record[benchmark] = _scores(metrics, ("ao", "sr50", "sr75"))
-    else:
-        from dropmae.segmentation.train import finetune_segmenter
-
-        outcome = finetune_segmenter(config, args.checkpoint, out / "run", device="cpu", progress=False)
-        record["last_loss"] = outcome.last_loss
-        for benchmark in config.segmentation.evaluate:
-            metrics = stages.evaluate_segmenter_stage(config, args.name, benchmark, out / "run" / "checkpoint-last.pth",
-                                                      out / f"{benchmark}.json", out / f"{benchmark}.png",
-                                                      out / f"raw_{benchmark}", report=ignore)
-            record[benchmark] = _scores(metrics, ("jf", "j", "f"))
+        for benchmark in section.evaluate:
+            metrics = evaluate(config, args.name, benchmark, out / "run" / "checkpoint-last.pth", out / f"{benchmark}.json",
+                               out / f"{benchmark}.png", out / f"raw_{benchmark}", report=ignore)
+            record[benchmark] = _scores(metrics, keys)
     record["seconds"] = round(time.time() - started, 1)
     line = json.dumps(record)
     print(line)
