@@ -73,7 +73,7 @@ def main() -> None:
                            "epoch": 0}, out / "checkpoint-last.pth")
     elif args.step == "probe":
         for benchmark in config.segmentation.evaluate:
-            metrics = stages.probe_stage(config, Cell("demo", args.method, 1), benchmark, args.checkpoint,
+            metrics = stages.probe_stage(config, Cell(source="demo", method=args.method, epochs=1), benchmark, args.checkpoint,
                                          out / f"{benchmark}.json", out / f"{benchmark}.png", out / f"raw_{benchmark}",
                                          report=ignore)
             record[benchmark] = _scores(metrics, ("jf", "j", "f"))

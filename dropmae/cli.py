@@ -131,7 +131,7 @@ def cmd_stage(args) -> int:
     if args.stage == "extract-frames":
         stages.extract_source(config, args.source, layout.frames_dir(config, args.source))
         return 0
-    cell = layout.Cell(args.source, args.method, args.epochs)
+    cell = layout.Cell(source=args.source, method=args.method, epochs=args.epochs)
     if args.stage == "pretrain":
         stages.pretrain_cell(config, cell, stages.pretrain_data_path(config, cell), cell.paths(layout.MODEL),
                              cell.paths(layout.RUN_SUMMARY))

@@ -90,7 +90,7 @@ def as_json(value):
 
 
 def cell_of(wildcards):
-    return layout.Cell(wildcards.source, wildcards.method, int(wildcards.epochs))
+    return layout.Cell(source=wildcards.source, method=wildcards.method, epochs=int(wildcards.epochs))
 
 
 def cell_results(table, template):

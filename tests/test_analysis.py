@@ -20,7 +20,7 @@ from dropmae.analysis.attention import (
     temporal_matching_maps,
     temporal_matching_probability,
 )
-from dropmae.config import PretrainRun, config_from_dict
+from dropmae.config import Cell, config_from_dict
 from dropmae.data.extract import ExtractionSettings, extract_frames
 from dropmae.data.pairs import FramePairDataset
 from dropmae.engine.checkpoint import load_checkpoint
@@ -98,7 +98,7 @@ def pairs(frames_root) -> FramePairDataset:
 @pytest.fixture(scope="module")
 def checkpoint(frames_root, tmp_path_factory) -> Path:
     """A tiny DropMAE trained for one epoch (2 steps) on the train split."""
-    outcome = pretrain(config_from_dict(TINY), PretrainRun("dropmae", 1), frames_root,
+    outcome = pretrain(config_from_dict(TINY), Cell("dropmae", 1), frames_root,
                        tmp_path_factory.mktemp("analysis_run"), progress=False)
     assert outcome.status == "completed"
     return outcome.checkpoint

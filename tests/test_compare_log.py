@@ -18,7 +18,7 @@ from dropmae.analysis.training_log import (
     write_comparison,
 )
 from dropmae.cli import main
-from dropmae.config import PretrainRun
+from dropmae.config import Cell
 from dropmae.engine.loop import METRICS_LOG, SUMMARY_FILE
 from dropmae.engine.pretrain import pretrain
 
@@ -103,7 +103,7 @@ def test_same_planned_epochs_compare_by_epoch_only(tmp_path):
 def test_a_real_run_log_gives_the_loops_epoch_means(frames_root, tmp_path):
     """A tiny real pretraining (3 epochs of 3 steps, every step logged) against a 6-epoch reference."""
     run_dir = tmp_path / "run"
-    pretrain(tiny_config(epochs=[3], log_every_steps=1), PretrainRun("dropmae", 3), frames_root, run_dir,
+    pretrain(tiny_config(epochs=[3], log_every_steps=1), Cell("dropmae", 3), frames_root, run_dir,
              progress=False)
     records = [json.loads(line) for line in (run_dir / METRICS_LOG).read_text().splitlines()]
     step_means = {e: pd.Series([r["loss"] for r in records if r["event"] == "step" and r["epoch"] == e]).mean()
@@ -125,7 +125,7 @@ def test_a_real_run_log_gives_the_loops_epoch_means(frames_root, tmp_path):
 
 
 def test_a_run_resumed_mid_epoch_is_flagged(frames_root, tmp_path):
-    config, run = tiny_config(epochs=[2]), PretrainRun("dropmae", 2)
+    config, run = tiny_config(epochs=[2]), Cell("dropmae", 2)
     pretrain(config, run, frames_root, tmp_path / "run", stop_after_steps=1, progress=False)
     pretrain(config, run, frames_root, tmp_path / "run", progress=False)
     assert read_run_log(tmp_path / "run").resumed_mid_epoch == (0,)

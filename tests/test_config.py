@@ -128,13 +128,15 @@ def test_segmentation_presets_merge_under_written_keys():
 
 
 def test_config_reads_plain_data_only():
-    """config.py validates against the presets and the model specs without importing torch (or a task)."""
+    """dropmae.config validates against the presets and the model specs without importing torch (or a task)."""
     import subprocess
     import sys
 
     probe = "import sys, dropmae.config; print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('dropmae.')))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
-    assert loaded == str(["dropmae.config", "dropmae.models", "dropmae.models.specs", "dropmae.presets"])
+    assert loaded == str(["dropmae.config", "dropmae.config.cell", "dropmae.config.loading", "dropmae.config.schema",
+                          "dropmae.config.sections", "dropmae.config.validation", "dropmae.models", "dropmae.models.specs",
+                          "dropmae.presets"])
 
     from dropmae.models import dropmae, encoder, specs
 

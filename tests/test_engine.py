@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import TINY, tiny_config
-from dropmae.config import PretrainRun
+from dropmae.config import Cell
 from dropmae.demo.videos import build_demo_video_tree
 from dropmae.engine.checkpoint import LAST_CHECKPOINT, atomic_torch_save, epoch_checkpoint_name, load_checkpoint
 from dropmae.engine.pretrain import METRICS_LOG, NonFiniteLossError, build_model, pretrain
@@ -33,7 +33,7 @@ def test_learning_rate_schedule():
 def test_weight_decay_skips_biases_and_norms():
     from timm.optim import param_groups_weight_decay
 
-    model = build_model(tiny_config(), PretrainRun("dropmae", 2))
+    model = build_model(tiny_config(), Cell("dropmae", 2))
     groups = param_groups_weight_decay(model, 0.05)
     names = {id(p): n for n, p in model.named_parameters()}
     no_decay = {names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]}
@@ -53,7 +53,7 @@ def test_resume_after_any_step_is_bitwise_exact(frames_root, tmp_path):
     """6 videos, batch 2: 3 steps per epoch, 6 steps in all. Stop after step 1, then after
     3 more (across the epoch boundary), then finish: weights and optimiser state equal."""
     config = tiny_config(keep_epochs=[1])
-    run = PretrainRun("dropmae", 2)
+    run = Cell("dropmae", 2)
     straight = pretrain(config, run, frames_root, tmp_path / "straight", progress=False)
     assert straight.status == "completed" and straight.global_step == 6
 
@@ -82,7 +82,7 @@ def test_resume_after_any_step_is_bitwise_exact(frames_root, tmp_path):
 
 def test_changing_the_data_changes_the_result(frames_root, tmp_path):
     """Guard for the test above: a different seed gives different weights."""
-    run = PretrainRun("dropmae", 1)
+    run = Cell("dropmae", 1)
     a = pretrain(tiny_config(epochs=[1]), run, frames_root, tmp_path / "a", progress=False)
     b = pretrain(tiny_config(epochs=[1], seed=1), run, frames_root, tmp_path / "b", progress=False)
     wa = load_checkpoint(a.checkpoint)["model"]["decoder_pred.weight"]
@@ -93,7 +93,7 @@ def test_changing_the_data_changes_the_result(frames_root, tmp_path):
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(frames_root, tmp_path):
     config = tiny_config(blr=1e36, warmup_epochs=0, checkpoint_every_steps=1, epochs=[2])
     with pytest.raises(NonFiniteLossError, match=r"epoch \d+, step \d+ \(global step (\d+)"):
-        pretrain(config, PretrainRun("dropmae", 2), frames_root, tmp_path / "nan", progress=False)
+        pretrain(config, Cell("dropmae", 2), frames_root, tmp_path / "nan", progress=False)
     state = load_checkpoint(tmp_path / "nan" / LAST_CHECKPOINT)
     assert state["global_step"] >= 1
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
@@ -101,7 +101,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(frames_root, tmp_p
 
 def test_too_few_videos_for_a_batch_is_a_clear_error(frames_root, tmp_path):
     with pytest.raises(ValueError, match="pretrain.batch_size"):
-        pretrain(tiny_config(batch_size=64), PretrainRun("dropmae", 1), frames_root, tmp_path / "x", progress=False)
+        pretrain(tiny_config(batch_size=64), Cell("dropmae", 1), frames_root, tmp_path / "x", progress=False)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
@@ -204,7 +204,7 @@ def test_cli_extract_pretrain_reconstruct(tmp_path):
 
 def test_the_same_state_saves_to_the_same_bytes(tmp_path):
     """Checkpoint hashes (the tables print them) change only when the contents do."""
-    state = {"model": build_model(tiny_config(), PretrainRun("dropmae", 1)).state_dict(), "epoch": 3}
+    state = {"model": build_model(tiny_config(), Cell("dropmae", 1)).state_dict(), "epoch": 3}
     atomic_torch_save(state, tmp_path / "a.pth")
     atomic_torch_save(state, tmp_path / "b.pth")
     assert (tmp_path / "a.pth").read_bytes() == (tmp_path / "b.pth").read_bytes()

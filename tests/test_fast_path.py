@@ -95,7 +95,7 @@ def test_packed_compiled_pretraining_logs_the_plain_losses(frames_root, tmp_path
 
     from conftest import tiny_config
 
-    from dropmae.config import PretrainRun, config_from_dict, config_to_dict
+    from dropmae.config import Cell, config_from_dict, config_to_dict
     from dropmae.data.packed import pack_frames
     from dropmae.engine.pretrain import pretrain
 
@@ -107,7 +107,7 @@ def test_packed_compiled_pretraining_logs_the_plain_losses(frames_root, tmp_path
     values["pretrain"].update(input="packed", compile=True)
     values["data"]["extraction"]["pack"] = True
     fast = config_from_dict(values)
-    run = PretrainRun("dropmae", 1)
+    run = Cell("dropmae", 1)
     pretrain(plain, run, frames_root, tmp_path / "plain", progress=False)
     pretrain(fast, run, packed_root, tmp_path / "fast", progress=False)
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from dropmae.config import ConfigError, PretrainRun, config_to_dict
+from dropmae.config import Cell, ConfigError, config_to_dict
 from dropmae.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint
 from dropmae.engine.pretrain import pretrain
 from dropmae.launch.submitit_launch import (
@@ -32,7 +32,7 @@ LOCAL = {"executor": "local", "pretrain": {"partition": None, "nodes": 1, "gpus_
 
 def test_time_limit_signal_checkpoints_requeues_and_resumes_exactly(frames_root, tmp_path):
     config = tiny_config(launcher=LOCAL, epochs=[40])  # 3 steps per epoch, 120 in all
-    run = PretrainRun("dropmae", 40)
+    run = Cell("dropmae", 40)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the job does (launcher.pretrain.cpus_per_task)
     try:
@@ -63,7 +63,7 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes_exactly(frames_root,
 def test_a_failing_job_raises_its_own_error_in_the_waiter(tmp_path):
     config = tiny_config(launcher=LOCAL)
     with pytest.raises(LaunchError, match="manifest"):
-        launch_pretraining(config, PretrainRun("dropmae", 2, "demo"), tmp_path / "no-frames-here", tmp_path / "run",
+        launch_pretraining(config, Cell("dropmae", 2, "demo"), tmp_path / "no-frames-here", tmp_path / "run",
                            report=lambda message: None, poll_s=0.2)
 
 
@@ -76,7 +76,7 @@ def test_the_local_executor_runs_one_node():
 def test_a_two_task_job_trains_with_ddp_ranks_from_submitit(frames_root, tmp_path):
     launcher = {**LOCAL, "pretrain": {**LOCAL["pretrain"], "tasks_per_node": 2}}
     config = tiny_config(launcher=launcher, epochs=[2])  # 6 videos over 2 ranks, batch 2: 1 step per epoch
-    result = launch_pretraining(config, PretrainRun("dropmae", 2, "demo"), frames_root, tmp_path / "run",
+    result = launch_pretraining(config, Cell("dropmae", 2, "demo"), frames_root, tmp_path / "run",
                                 report=lambda message: None, poll_s=0.2)
     assert result["status"] == "completed" and result["global_step"] == 2
     (start,) = [e for e in run_log_events(tmp_path / "run") if e["event"] == "start"]

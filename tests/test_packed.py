@@ -164,13 +164,13 @@ def test_repeated_sampling_trains_on_pairs_not_videos(frames_root, tmp_path):
 
     from conftest import tiny_config
 
-    from dropmae.config import PretrainRun
+    from dropmae.config import Cell
     from dropmae.engine.pretrain import pretrain
 
     with pytest.raises(ConfigError, match="pretrain.batch_size: must be a multiple of pretrain.repeated_sampling"):
         load_config([], ["pretrain.batch_size=3", "pretrain.repeated_sampling=2"])
-    plain = pretrain(tiny_config(epochs=[1]), PretrainRun("dropmae", 1), frames_root, tmp_path / "a", progress=False)
-    repeated = pretrain(tiny_config(epochs=[1], repeated_sampling=2), PretrainRun("dropmae", 1), frames_root,
+    plain = pretrain(tiny_config(epochs=[1]), Cell("dropmae", 1), frames_root, tmp_path / "a", progress=False)
+    repeated = pretrain(tiny_config(epochs=[1], repeated_sampling=2), Cell("dropmae", 1), frames_root,
                         tmp_path / "b", progress=False)
     # batch_size 2 pairs per step: one video per step with 2 repeats, so twice the steps per epoch.
     assert repeated.global_step == 2 * plain.global_step

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY
-from dropmae.config import PretrainRun, config_from_dict, config_to_dict
+from dropmae.config import Cell, config_from_dict, config_to_dict
 from dropmae.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint
 from dropmae.demo.benchmark import DemoBenchmarkSettings, build_demo_benchmark
 from dropmae.engine.pretrain import build_model
@@ -56,7 +56,7 @@ def pretrained(tmp_path_factory, benchmark):
     """A micro DropMAE checkpoint in the layout the pretrain stage writes (model.pth)."""
     config = segmentation_config(benchmark)
     torch.manual_seed(0)
-    model = build_model(config, PretrainRun("dropmae", 1))
+    model = build_model(config, Cell("dropmae", 1))
     path = tmp_path_factory.mktemp("pretrained") / "model.pth"
     torch.save({"model": model.state_dict(), "config": config_to_dict(config),
                 "run": {"method": "dropmae", "epochs": 1, "source": "demo"}, "epoch": 1, "global_step": 1}, path)
@@ -146,7 +146,7 @@ def test_the_evaluate_stage_scores_result_pngs_and_draws_overlays(finetuned, ben
 
 def test_the_probe_stage_scores_the_frozen_encoder(benchmark, pretrained, tmp_path):
     config = segmentation_config(benchmark)
-    cell = layout.Cell("demo", "dropmae", 1)
+    cell = layout.Cell(source="demo", method="dropmae", epochs=1)
     metrics = probe_stage(config, cell, "demo", pretrained, tmp_path / "metrics.json", tmp_path / "overlays.png",
                           tmp_path / "raw")
     assert metrics == json.loads((tmp_path / "metrics.json").read_text())
@@ -165,7 +165,7 @@ def test_a_missing_benchmark_root_stops_every_stage_before_work(benchmark, pretr
         evaluate_segmenter_stage(config, layout.FIRST_MASK, "demo", None, out / "metrics.json", out / "o.png",
                                  out / "raw")
     with pytest.raises(SegmentationDataError, match="not-there"):
-        probe_stage(config, layout.Cell("demo", "dropmae", 1), "demo", pretrained, out / "metrics.json",
+        probe_stage(config, layout.Cell(source="demo", method="dropmae", epochs=1), "demo", pretrained, out / "metrics.json",
                     out / "o.png", out / "raw")
     with pytest.raises(SegmentationDataError, match="not-there"):
         finetune_segmenter(config, pretrained, out / "run", progress=False)
@@ -183,6 +183,6 @@ def test_a_missing_first_frame_annotation_is_named_before_work(benchmark, pretra
         evaluate_segmenter_stage(config, "demo/dropmae_ep1", "demo", pretrained, out / "metrics.json", out / "o.png",
                                  out / "raw")
     with pytest.raises(SegmentationDataError, match=expected):
-        probe_stage(config, layout.Cell("demo", "dropmae", 1), "demo", pretrained, out / "metrics.json",
+        probe_stage(config, layout.Cell(source="demo", method="dropmae", epochs=1), "demo", pretrained, out / "metrics.json",
                     out / "o.png", out / "raw")
     assert not out.exists()

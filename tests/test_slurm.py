@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from conftest import tiny_config
-from dropmae.config import PretrainRun, config_to_dict
+from dropmae.config import Cell, config_to_dict
 from dropmae.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint
 from dropmae.engine.pretrain import pretrain
 from dropmae.launch.submitit_launch import LaunchError, PretrainJob, build_executor, slurm_state, wait_for_result
@@ -44,7 +44,7 @@ def _straight_run(config, run, frames_root, output) -> dict:
 def test_a_requeued_job_resumes_from_its_checkpoint_and_ends_with_the_same_weights(slurm_cluster, frames_root,
                                                                                    tmp_path):
     config = tiny_config(launcher=SLURM, epochs=[150])  # 3 steps per epoch, 450 in all: a few seconds
-    run = PretrainRun("dropmae", 150)
+    run = Cell("dropmae", 150)
     straight = _straight_run(config, run, frames_root, tmp_path / "straight")
 
     run_dir = tmp_path / "requeued"
@@ -68,7 +68,7 @@ def test_a_requeued_job_resumes_from_its_checkpoint_and_ends_with_the_same_weigh
 def test_a_cancelled_job_fails_the_waiter_with_its_log(slurm_cluster, frames_root, tmp_path):
     config = tiny_config(launcher=SLURM, epochs=[150])
     executor = build_executor(config.launcher, tmp_path / "submitit", name="cancel-test")
-    job = executor.submit(PretrainJob(config_to_dict(config), asdict(PretrainRun("dropmae", 150)),
+    job = executor.submit(PretrainJob(config_to_dict(config), asdict(Cell("dropmae", 150)),
                                       str(frames_root), str(tmp_path / "run")))
     wait_for_step(tmp_path / "run", 5)
     subprocess.run(["scancel", str(job.job_id)], check=True)
@@ -82,7 +82,7 @@ def test_a_two_task_slurm_job_trains_with_ddp(slurm_cluster, frames_root, tmp_pa
     launcher = {**SLURM, "pretrain": {**SLURM["pretrain"], "tasks_per_node": 2}}
     config = tiny_config(launcher=launcher, epochs=[2])
     executor = build_executor(config.launcher, tmp_path / "submitit", name="ddp-test")
-    job = executor.submit(PretrainJob(config_to_dict(config), asdict(PretrainRun("dropmae", 2)), str(frames_root),
+    job = executor.submit(PretrainJob(config_to_dict(config), asdict(Cell("dropmae", 2)), str(frames_root),
                                       str(tmp_path / "run")))
     result = wait_for_result(job, "slurm", poll_s=1.0, report=lambda message: None)
     assert result["status"] == "completed" and result["global_step"] == 2

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import TINY
-from dropmae.config import PretrainRun, config_from_dict
+from dropmae.config import Cell, config_from_dict
 from dropmae.data.images import read_rgb
 from dropmae.demo.benchmark import DemoBenchmarkSettings, build_demo_benchmark
 from dropmae.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint
@@ -78,7 +78,7 @@ def test_training_pairs_are_deterministic_and_hold_the_target(benchmark):
 def test_finetuning_resumes_bit_for_bit(benchmark, tmp_path):
     config = tracking_config(benchmark)
     pretrained = tmp_path / "pretrained.pth"
-    model = build_model(config, PretrainRun("dropmae", 1))
+    model = build_model(config, Cell("dropmae", 1))
     torch.save({"model": model.state_dict(), "config": {"model": {"encoder": "micro", "patch_size": 8}}}, pretrained)
     straight = finetune_tracker(config, pretrained, tmp_path / "straight", progress=False)
     assert straight.status == "completed" and straight.global_step == 6

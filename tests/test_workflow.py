@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from dropmae.config import PretrainRun, config_to_dict, json_schema, load_config
+from dropmae.config import Cell, config_to_dict, json_schema, load_config
 from dropmae.engine import pretrain as pretrain_module
 from dropmae.engine.pretrain import load_pretrained
 from dropmae.engine.checkpoint import load_checkpoint
@@ -105,7 +105,7 @@ def test_the_dag_builds_every_table_from_cell_results(demo_dag):
     datasources = pd.read_csv(demo_dag / layout.table_csv("datasources"))
     assert datasources[["demo_ao", "demo_jf", "demo_j", "demo_f", "demo_probe_jf"]].notna().all().all()
     for row in table[table["method"].isin(["twinmae", "dropmae"])].itertuples():
-        cell = layout.Cell(row.source, row.method, int(row.epochs))
+        cell = layout.Cell(source=row.source, method=row.method, epochs=int(row.epochs))
         metrics = json.loads((demo_dag / cell.paths(layout.CELL_METRICS)).read_text())
         assert row.heldout_loss == pytest.approx(metrics["heldout_loss"])
         model = demo_dag / cell.paths(layout.MODEL)
@@ -153,7 +153,7 @@ def test_changing_a_recipe_value_retrains_but_does_not_reextract(demo_dag):
 def test_a_rerun_moves_the_old_run_aside_instead_of_resuming_it(demo_dag, tmp_path):
     """A finished checkpoint-last must not be 'resumed' when the DAG retrains a cell."""
     config = load_config([demo_dag / "params.yaml", demo_dag / "tiny.yaml"])
-    cell = layout.Cell("demo", "twinmae", 1)
+    cell = layout.Cell(source="demo", method="twinmae", epochs=1)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     last = demo_dag / cell.paths(layout.RUN_DIR) / "checkpoint-last.pth"
@@ -253,7 +253,7 @@ def test_the_random_init_checkpoint_is_a_cells_starting_point_and_loads_like_one
     monkeypatch.setattr(pretrain_module, "build_pair_dataset", lambda *args: None)
     monkeypatch.setattr(pretrain_module, "run_training",
                         lambda task, *args, **kwargs: started.update(task.model.state_dict()))
-    pretrain_module.pretrain(config, PretrainRun("twinmae", 1, "demo"), tmp_path, tmp_path / "run", device="cpu")
+    pretrain_module.pretrain(config, Cell("twinmae", 1, "demo"), tmp_path, tmp_path / "run", device="cpu")
     assert started.keys() == state["model"].keys()
     assert all(torch.equal(started[key], value) for key, value in state["model"].items())
 
@@ -407,7 +407,7 @@ def test_snakemake_and_dvc_declare_the_same_stages(agreement_repo):
 def test_dvc_params_are_what_the_rules_rerun_on(agreement_repo):
     dvc = _dvc_stages(agreement_repo)
     config = load_config([agreement_repo / "params.yaml"])
-    signature = stages.run_signature(config, layout.Cell("demo", "dropmae", 1))
+    signature = stages.run_signature(config, layout.Cell(source="demo", method="dropmae", epochs=1))
     expected_pretrain = ["model"] + [f"pretrain.{key}" for key in signature["pretrain"]]
     assert dvc["pretrain@demo-dropmae-1"]["params"] == sorted(expected_pretrain)
     # data.extraction.pack: not in a run's signature (a pack holds the frames' bytes), but it adds the pack.

@@ -38,12 +38,12 @@ from dropmae.analysis.attention import (
     collect_decoder_attention,
     display_name,
 )
-from dropmae.config import METHODS, Config, ConfigError, PretrainRun, config_from_dict, study_epochs, study_pretrain
+from dropmae.config import METHODS, Cell, Config, ConfigError, config_from_dict, study_epochs, study_pretrain
 from dropmae.data.pairs import whole_frame_pairs
 from dropmae.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint
 from dropmae.engine.pretrain import SUMMARY_FILE, load_pretrained, pretrain, resolve_device
 from dropmae.models.dropmae import DropMAE
-from dropmae.workflow.layout import Cell, attention_study_source
+from dropmae.workflow.layout import attention_study_source
 from dropmae.workflow.stages import RUN_ARTIFACTS, run_signature
 
 MEASURES = ("within_frame", "between_frame", "structure", "same_position")
@@ -150,18 +150,17 @@ def study_runs(config: Config) -> list[StudyRun]:
     return [StudyRun(setting, seed, method) for setting in a.settings for seed in a.seeds for method in METHODS]
 
 
-def run_config(config: Config, run: StudyRun) -> tuple[Config, PretrainRun]:
+def run_config(config: Config, run: StudyRun) -> tuple[Config, Cell]:
     """The config a study run trains with (its setting's pretrain.*, the run's seed) and its cell."""
     pretrain_config = dataclasses.replace(study_pretrain(config, run.setting), seed=run.seed)
-    cell = PretrainRun(run.method, study_epochs(config, run.setting), attention_study_source(config))
+    cell = Cell(run.method, study_epochs(config, run.setting), attention_study_source(config))
     return dataclasses.replace(config, pretrain=pretrain_config), cell
 
 
-def _same_training(state: dict, config: Config, cell: PretrainRun) -> bool:
+def _same_training(state: dict, config: Config, cell: Cell) -> bool:
     """Whether a checkpoint was written by a run of this configuration (operational keys aside)."""
-    key = Cell(cell.source, cell.method, cell.epochs)
     try:
-        return run_signature(config_from_dict(state["config"]), key) == run_signature(config, key)
+        return run_signature(config_from_dict(state["config"]), cell) == run_signature(config, cell)
     except (ConfigError, KeyError):  # written by another version of the config
         return False
 

@@ -14,7 +14,7 @@ import torch
 from timm.optim import param_groups_weight_decay
 from torch.utils.data import Dataset
 
-from dropmae.config import Config, PretrainRun, config_from_dict, config_to_dict
+from dropmae.config import Cell, Config, config_from_dict, config_to_dict
 from dropmae.data.device_decode import EncodedPairBatch, collate_encoded, decode_pairs
 from dropmae.data.pairs import FramePairDataset, PackedFramePairDataset, VideoFramePairDataset, normalize_frames
 from dropmae.engine.checkpoint import load_checkpoint
@@ -36,7 +36,7 @@ from dropmae.models.dropmae import DropMAE
 from dropmae.seeding import derive_seed
 
 
-def build_model(config: Config, run: PretrainRun) -> DropMAE:
+def build_model(config: Config, run: Cell) -> DropMAE:
     m, p = config.model, config.pretrain
     return DropMAE(
         img_size=m.img_size,
@@ -56,7 +56,7 @@ def load_pretrained(checkpoint_path: str | Path) -> tuple[DropMAE, dict]:
     """The model of a pretraining checkpoint (in eval mode) and the checkpoint itself: a strict
     load of the whole model, built from the checkpoint's own config and run."""
     state = load_checkpoint(checkpoint_path)
-    model = build_model(config_from_dict(state["config"]), PretrainRun(**state["run"]))
+    model = build_model(config_from_dict(state["config"]), Cell(**state["run"]))
     model.load_state_dict(state["model"])
     return model.eval(), state
 
@@ -79,7 +79,7 @@ def build_pair_dataset(config: Config, data_path: str | Path, split: str = "trai
     return VideoFramePairDataset(data_path, **common)
 
 
-def pretrain_loop_settings(config: Config, run: PretrainRun) -> LoopSettings:
+def pretrain_loop_settings(config: Config, run: Cell) -> LoopSettings:
     p = config.pretrain
     return LoopSettings(
         # The loader's batch counts videos; each gives pretrain.repeated_sampling pairs.
@@ -94,7 +94,7 @@ class PretrainTask(TrainingTask):
 
     config_section = "pretrain"
 
-    def __init__(self, config: Config, run: PretrainRun, model: DropMAE, dataset: Dataset, data_path: str | Path,
+    def __init__(self, config: Config, run: Cell, model: DropMAE, dataset: Dataset, data_path: str | Path,
                  world_size: int) -> None:
         self.config, self.run, self.model, self.dataset = config, run, model, dataset
         self.name = run.method
@@ -135,7 +135,7 @@ class PretrainTask(TrainingTask):
 
 def pretrain(
     config: Config,
-    run: PretrainRun,
+    run: Cell,
     data_path: str | Path,
     output_dir: str | Path,
     *,

@@ -26,10 +26,10 @@ import submitit
 from submitit.helpers import Checkpointable
 
 from dropmae.config import (
+    Cell,
     Config,
     ConfigError,
     LauncherConfig,
-    PretrainRun,
     config_from_dict,
     config_to_dict,
     tasks_per_node_of,
@@ -109,7 +109,7 @@ class PretrainJob(TrainingJob):
     def train(self):
         from dropmae.engine.pretrain import pretrain  # imported in the job, after the environment is set
 
-        return pretrain(config_from_dict(self.config), PretrainRun(**self.run), self.data_path, self.output_dir,
+        return pretrain(config_from_dict(self.config), Cell(**self.run), self.data_path, self.output_dir,
                         progress=False)
 
 
@@ -284,7 +284,7 @@ def launch_training(config: Config, job_callable: TrainingJob, output_dir: str |
     return result
 
 
-def launch_pretraining(config: Config, run: PretrainRun, data_path: str | Path, output_dir: str | Path,
+def launch_pretraining(config: Config, run: Cell, data_path: str | Path, output_dir: str | Path,
                        report: Callable[[str], None] = print, poll_s: float = 5.0) -> dict:
     """One pretraining cell through submitit (launcher.pretrain resources)."""
     job = PretrainJob(config_to_dict(config), asdict(run), str(data_path), str(output_dir))

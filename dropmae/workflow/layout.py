@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dropmae.config import DEMO_TRACKING_BENCHMARK, DEMO_VIDEOS, Config, PretrainRun
+# Cell (one pretraining cell) is defined with the config, which picks one from the command line;
+# the DAG names cells and their files with it and re-exports it here.
+from dropmae.config import DEMO_TRACKING_BENCHMARK, DEMO_VIDEOS, Cell, Config
 
 CELL = "{method}_ep{epochs}"
 RUN_DIR = "runs/pretrain/{source}/" + CELL
@@ -103,26 +105,6 @@ def demo_videos() -> str:
 
 
 @dataclass(frozen=True)
-class Cell:
-    """One pretraining cell: a source, a method and an epoch budget."""
-
-    source: str
-    method: str
-    epochs: int
-
-    def paths(self, template: str, **wildcards: str) -> str:
-        """``template`` with this cell's wildcards, and others (``benchmark=``) where it has them."""
-        return template.format(source=self.source, method=self.method, epochs=self.epochs, **wildcards)
-
-    def run(self) -> PretrainRun:
-        return PretrainRun(method=self.method, epochs=self.epochs, source=self.source)
-
-    @property
-    def name(self) -> str:
-        return f"{self.source}/{self.method}_ep{self.epochs}"
-
-
-@dataclass(frozen=True)
 class RandomInit:
     """The control encoder of a source (never trained); its paths are a cell's templates with the
     cell's folder replaced by random_init, so the probe and the tables treat it like a cell."""
@@ -135,6 +117,10 @@ class RandomInit:
     @property
     def name(self) -> str:
         return f"{self.source}/{RANDOM_INIT}"
+
+    def record(self) -> dict:
+        """As Cell.record: what the DAG's metrics write of it."""
+        return {"source": self.source}
 
 
 def table_source(config: Config) -> str:
@@ -156,17 +142,17 @@ def datasource_epochs(config: Config) -> int:
 
 def all_cells(config: Config) -> list[Cell]:
     """The full grid, data.sources x pretrain.methods x pretrain.epochs (what `dvc repro` builds)."""
-    return [Cell(s, m, e) for s in config.data.sources for m in config.pretrain.methods for e in config.pretrain.epochs]
+    return [Cell(source=s, method=m, epochs=e) for s in config.data.sources for m in config.pretrain.methods for e in config.pretrain.epochs]
 
 
 def table_cells(config: Config, table: str) -> list[Cell]:
     """The cells one table reads: method x epochs on the table source, or one cell per source."""
     if table in ("pretraining", "attention"):
         source = table_source(config)
-        return [Cell(source, m, e) for m in config.pretrain.methods for e in config.pretrain.epochs]
+        return [Cell(source=source, method=m, epochs=e) for m in config.pretrain.methods for e in config.pretrain.epochs]
     if table == "datasources":
         method, epochs = config.analysis.datasource_method, datasource_epochs(config)
-        return [Cell(s, method, epochs) for s in config.data.sources]
+        return [Cell(source=s, method=method, epochs=epochs) for s in config.data.sources]
     raise ValueError(f"unknown table {table!r}; tables are {TABLES}")
 
 
@@ -196,7 +182,7 @@ def parse_cell(name: str) -> Cell:
     method, _, epochs = rest.rpartition("_ep")
     if not (source and method and epochs.isdigit()) or "/" in rest:
         raise ValueError(f"{name!r} is not a pretraining cell name <source>/<method>_ep<epochs>")
-    return Cell(source, method, int(epochs))
+    return Cell(source=source, method=method, epochs=int(epochs))
 
 
 def is_demo_benchmark(root: str) -> bool:

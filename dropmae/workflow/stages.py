@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dropmae.config import Config, PretrainRun, config_from_dict, config_to_dict
+from dropmae.config import Config, config_from_dict, config_to_dict
 from dropmae.engine.checkpoint import LAST_CHECKPOINT, atomic_torch_save, load_checkpoint
 from dropmae.engine.loop import default_device
 from dropmae.workflow import layout
@@ -60,7 +60,7 @@ def run_signature(config: Config, cell: Cell) -> dict:
     extraction = {k: v for k, v in data["extraction"].items() if k not in OPERATIONAL_KEYS["data.extraction"]}
     pretrain = {k: v for k, v in values["pretrain"].items() if k not in OPERATIONAL_KEYS["pretrain"]}
     return {
-        "cell": dataclasses.asdict(cell),
+        "cell": cell.record(),
         "videos": data["sources"][cell.source]["videos"],
         "extraction": extraction,
         "model": values["model"],
@@ -127,11 +127,11 @@ def pretrain_cell(config: Config, cell: Cell, data_path: str | Path, model_path:
     model_path, run_summary_path = ensure_parent(model_path), ensure_parent(run_summary_path)
     run_dir = model_path.parent
     supersede_stale_run(config, cell, run_dir, report)
-    result = launch_pretraining(config, cell.run(), data_path, run_dir, report=report)
+    result = launch_pretraining(config, cell, data_path, run_dir, report=report)
     state = load_checkpoint(run_dir / LAST_CHECKPOINT)
     final = {key: state[key] for key in PRETRAINED_MODEL_KEYS}
     atomic_torch_save(final, model_path)
-    summary = {**result, "cell": dataclasses.asdict(cell), "model": str(model_path),
+    summary = {**result, "cell": cell.record(), "model": str(model_path),
                "model_sha256": sha256_of(model_path), "signature": run_signature(config, cell)}
     run_summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     report(f"{cell.name}: {result['global_step']} steps, last loss {result['last_loss']}, wrote {model_path}")
@@ -150,7 +150,7 @@ def random_init_stage(config: Config, control: RandomInit, model_path: str | Pat
     from dropmae.engine.pretrain import build_model
     from dropmae.seeding import derive_seed
 
-    run = PretrainRun(method="twinmae", epochs=0, source=control.source)  # twinmae: no ASAD, nothing to drop
+    run = Cell(method="twinmae", epochs=0, source=control.source)  # twinmae: no ASAD, nothing to drop
     torch.manual_seed(derive_seed(config.pretrain.seed, 0))  # pretrain()'s seed on rank 0, whose weights DDP broadcasts
     model = build_model(config, run)
     state = {"model": model.state_dict(), "config": config_to_dict(config), "run": dataclasses.asdict(run),
@@ -195,7 +195,7 @@ def analyse_cell(config: Config, cell: Cell, model_path: str | Path, run_summary
                                    seed=a.seed)
     run_summary = json.loads(Path(run_summary_path).read_text())
     metrics = {
-        **dataclasses.asdict(cell),
+        **cell.record(),
         "heldout_loss": loss,
         "heldout_pairs": len(subset),
         "within_frame_share": float(shares["within_frame"].mean()),
@@ -475,7 +475,7 @@ def probe_stage(config: Config, cell: Cell | RandomInit, benchmark: str, model_p
     settings = PropagationSettings(**probe)
     raw_dir = _fresh_folder(raw_dir)
     timing = run_probe(model_path, sequences, raw_dir, settings, default_device())
-    metrics: dict = {**dataclasses.asdict(cell), "benchmark": benchmark, "format": bench.format, "split": split,
+    metrics: dict = {**cell.record(), "benchmark": benchmark, "format": bench.format, "split": split,
                      **timing, "settings": dataclasses.asdict(settings), "results": str(raw_dir),
                      "checkpoint": str(model_path), "checkpoint_sha256": sha256_of(model_path)}
     return _write_scored(metrics, sequences, raw_dir, metrics_path, overlay_path,
