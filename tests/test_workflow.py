@@ -20,7 +20,7 @@ from dropmae.engine import pretrain as pretrain_module
 from dropmae.engine.pretrain import load_pretrained
 from dropmae.engine.checkpoint import load_checkpoint
 from dropmae.segmentation.model import dropseg_from_checkpoint
-from dropmae.segmentation.propagation import frame_encoder_from_checkpoint
+from dropmae.segmentation.probe import frame_encoder_from_checkpoint
 from dropmae.segmentation.train import segmenter_model_arguments
 from dropmae.demo.benchmark import DemoBenchmarkSettings
 from dropmae.tracking.model import droptrack_from_checkpoint

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from dropmae.data.images import read_rgb, to_normalized_tensor, write_label_mask
 from dropmae.segmentation.datasets import VOID_LABEL, SegmentationSequence
 from dropmae.segmentation.model import DropSeg, soft_aggregate
-from dropmae.segmentation.propagation import encoder_input_size
+from dropmae.segmentation.probe import encoder_input_size
 
 
 @dataclass(frozen=True)

@@ -467,7 +467,7 @@ def probe_stage(config: Config, cell: Cell | RandomInit, benchmark: str, model_p
                 report: Callable[[str], None] = print) -> dict:
     """Label propagation with the frozen pretraining encoder of one cell, or the random-init control
     (no fine-tuning), scored like a segmenter."""
-    from dropmae.segmentation.propagation import PropagationSettings, run_probe
+    from dropmae.segmentation.probe import PropagationSettings, run_probe
 
     bench, split, sequences = _segmentation_split(config, benchmark)
     probe = dataclasses.asdict(config.segmentation.probe)

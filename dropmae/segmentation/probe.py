@@ -1,4 +1,4 @@
-"""Label propagation: score a frozen pretraining checkpoint on video object segmentation.
+"""The probe: score a frozen pretraining checkpoint on video object segmentation by label propagation.
 
 The fine-tuning-free protocol of self-supervised video correspondence (CRW, Jabri et al.
 2020; DINO's ``eval_video_segmentation.py``): encode every frame with the frozen encoder,

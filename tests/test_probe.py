@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dropmae.models.dropmae import DropMAE
-from dropmae.segmentation import propagation
+from dropmae.segmentation import probe
 from dropmae.segmentation.datasets import SegmentationSequence, read_davis
-from dropmae.segmentation.propagation import (
+from dropmae.segmentation.probe import (
     PropagationSettings,
     encoder_input_size,
     frame_encoder_from_checkpoint,
@@ -349,7 +349,7 @@ def test_chunked_affinity_and_upsampling_match_one_pass(monkeypatch):
     first = torch.randint(0, 3, (24, 28), generator=generator)
     settings = PropagationSettings(topk=4, n_context=2, neighbourhood=2, temperature=0.5)
     whole = propagate_labels(features, first, settings)
-    monkeypatch.setattr(propagation, "_LOGITS_PER_CHUNK", 100)  # 100 logits: one query per chunk at M * N = 126
-    monkeypatch.setattr(propagation, "_PIXELS_PER_CHUNK", 1)  # one frame per upsampling chunk
+    monkeypatch.setattr(probe, "_LOGITS_PER_CHUNK", 100)  # 100 logits: one query per chunk at M * N = 126
+    monkeypatch.setattr(probe, "_PIXELS_PER_CHUNK", 1)  # one frame per upsampling chunk
     assert torch.equal(propagate_labels(features, first, settings), whole)
     assert len(whole.unique()) > 1  # not trivially all background
