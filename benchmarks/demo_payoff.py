@@ -21,19 +21,16 @@ probe on every segmentation.evaluate benchmark. Needs data/frames/demo and data/
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
 
 import torch
 
-from dropmae.config import config_to_dict, load_config, resolve_run
-from dropmae.engine.checkpoint import atomic_torch_save
-from dropmae.engine.pretrain import build_model, pretrain
-from dropmae.seeding import derive_seed
+from dropmae.config import load_config, resolve_run
+from dropmae.engine.pretrain import pretrain
 from dropmae.workflow import stages
-from dropmae.workflow.layout import Cell
+from dropmae.workflow.layout import Cell, RandomInit
 
 
 def _scores(metrics: dict, keys: tuple[str, ...]) -> dict:
@@ -65,12 +62,9 @@ def main() -> None:
         run = resolve_run(config, args.method, config.pretrain.epochs[0])
         outcome = pretrain(config, run, args.data, out, device="cpu", progress=False)
         record.update(method=args.method, steps=outcome.global_step, last_loss=outcome.last_loss)
-    elif args.step == "random-init":  # the pretraining model as seeded for training, never trained
-        run = resolve_run(config, args.method, config.pretrain.epochs[0])
-        torch.manual_seed(derive_seed(config.pretrain.seed, 0))
-        model = build_model(config, run)
-        atomic_torch_save({"model": model.state_dict(), "config": config_to_dict(config), "run": dataclasses.asdict(run),
-                           "epoch": 0}, out / "checkpoint-last.pth")
+    elif args.step == "random-init":  # the DAG's control: the pretraining model as seeded, never trained
+        stages.random_init_stage(config, RandomInit("demo"), out / "checkpoint-last.pth", out / "metrics.json",
+                                 report=ignore)
     elif args.step == "probe":
         for benchmark in config.segmentation.evaluate:
             metrics = stages.probe_stage(config, Cell(source="demo", method=args.method, epochs=1), benchmark, args.checkpoint,
