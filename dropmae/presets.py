@@ -45,7 +45,7 @@ TRACKING_PRESETS: dict[str, dict] = {
     "demo_micro": {
         "template_size": 32, "search_size": 64, "search_factor": 4.0, "center_jitter": 3.0, "scale_jitter": 0.25,
         "max_frame_gap": 30, "epochs": 80, "samples_per_epoch": 512, "batch_size": 16, "lr": 1e-3,
-        "backbone_lr_scale": 0.1, "lr_drop_epoch": 64, "ce_locations": [], "ce_start_epoch": 20, "ce_warm_epochs": 20,
+        "backbone_lr_scale": 0.1, "lr_drop_epoch": 64, "ce_locations": [], "hue_rotation_probability": 0.0, "ce_start_epoch": 20, "ce_warm_epochs": 20,
         "head_channels": 64, "drop_path_rate": 0.0, "num_workers": 0, "log_every_steps": 8, "clip_margin": 2.0,
     },
 }

@@ -13,6 +13,9 @@ rule demo_benchmark:
         summary=layout.DEMO_BENCHMARK_SUMMARY,
     log:
         layout.log_path("demo_benchmark", "demo"),
+    params:
+        # rebuilt when the generator's settings or sources change, not only when the videos do
+        settings=lambda wildcards: as_json(stages.demo_benchmark_signature()),
     resources:
         **job_resources("benchmark"),
     conda:

@@ -15,6 +15,7 @@ from PIL import Image
 from dropmae.data.video_index import VideoSourceError
 from dropmae.demo.benchmark import (
     MARKER_NAME,
+    TRAIN_PHOTOS,
     UNSEEN_PHOTOS,
     DemoBenchmarkSettings,
     build_demo_benchmark,
@@ -26,8 +27,9 @@ from dropmae.demo.benchmark import (
 )
 
 SETTINGS = DemoBenchmarkSettings(train_sequences=3, val_sequences=8, frames_per_sequence=30, frame_size=(96, 72),
-                                 unseen_sequences=4)
-TINY = replace(SETTINGS, train_sequences=2, val_sequences=2, frames_per_sequence=10, unseen_sequences=1)
+                                 unseen_sequences=4, train_photo_sequences=2)
+TINY = replace(SETTINGS, train_sequences=2, val_sequences=2, frames_per_sequence=10, unseen_sequences=1,
+               train_photo_sequences=0)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -59,9 +61,9 @@ def test_got10k_layout_is_complete_and_read_by_the_official_toolkit(built):
     root, summary = built
     width, height = SETTINGS.frame_size
     frames = SETTINGS.frames_per_sequence
-    assert summary["train_sequences"] == 3 and summary["val_sequences"] == 8
+    assert summary["train_sequences"] == 5 and summary["train_photo_sequences"] == 2 and summary["val_sequences"] == 8
     textures = {}
-    for split, prefix, count in (("train", "Demo_Train_", 3), ("val", "Demo_Val_", 8)):
+    for split, prefix, count in (("train", "Demo_Train_", 5), ("val", "Demo_Val_", 8)):
         names = (root / "got10k" / split / "list.txt").read_text().split()
         assert names == [f"{prefix}{i:06d}" for i in range(1, count + 1)]
         assert sorted(p.name for p in (root / "got10k" / split).iterdir() if p.is_dir()) == names
@@ -91,7 +93,7 @@ def test_davis_layout_has_palette_masks_with_object_indices(built):
     root, _ = built
     davis = root / "davis"
     palette = imgviz.label_colormap().astype(np.uint8).ravel().tolist()
-    for split, count in (("train", 3), ("val", 8)):
+    for split, count in (("train", SETTINGS.train_sequences + SETTINGS.train_photo_sequences), ("val", 8)):
         names = (davis / "ImageSets" / "2017" / f"{split}.txt").read_text().split()
         assert names == (root / "got10k" / split / "list.txt").read_text().split() and len(names) == count
         for name in names:
@@ -196,6 +198,11 @@ def test_unseen_split_shows_only_other_footage_and_reserved_objects(built):
     photos = {f"skimage/{photo}" for photo in UNSEEN_PHOTOS}
     assert all(scene["background_video"] in photos for scene in unseen)
     assert not any(scene["background_video"] in photos for scene in seen)
+    # train ends with the train-photo sequences: other photos, filmed by the same camera
+    train_backgrounds = [scene["background_video"] for scene in scenes(root / "got10k" / "train")]
+    assert [name.startswith("photo/") for name in train_backgrounds] == [False] * 3 + [True] * 2
+    assert {name.split("/", 1)[1] for name in train_backgrounds[3:]} <= set(TRAIN_PHOTOS)
+    assert not set(TRAIN_PHOTOS) & set(UNSEEN_PHOTOS)
     # Its own benchmark in the standard layouts: the official toolkit and the DAVIS list read it.
     dataset = GOT10k(str(root / "unseen" / "got10k"), subset="val")
     assert len(dataset) == 4 and len(dataset[0][0]) == SETTINGS.frames_per_sequence
@@ -298,6 +305,7 @@ def test_cover_levels_bin_the_visible_ratio_like_got10k():
         ("jpeg_quality", 0),
         ("holdout_val_objects", "yes"),
         ("unseen_sequences", -1),
+        ("train_photo_sequences", -1),
     ],
 )
 def test_out_of_range_settings_are_named(tmp_path, demo_tree, field, value):
@@ -333,3 +341,14 @@ def test_rebuild_keeps_a_matching_build_and_replaces_another_whole(tmp_path, dem
     build_demo_benchmark(demo_tree, tmp_path / "fresh", smaller)
     assert _files(root) == _files(tmp_path / "fresh")
     assert sorted(os.listdir(tmp_path)) == ["bench", "fresh"]  # no partial or old folders left behind
+
+
+def test_train_photo_sequences_are_added_after_the_clip_sequences_which_stay_the_same(tmp_path, demo_tree):
+    without = build_demo_benchmark(demo_tree, tmp_path / "without", TINY)
+    with_photos = build_demo_benchmark(demo_tree, tmp_path / "with", replace(TINY, train_photo_sequences=1))
+    assert (without["train_sequences"], with_photos["train_sequences"]) == (2, 3)
+    for name in ("Demo_Train_000001", "Demo_Train_000002"):
+        assert _files(tmp_path / "without" / "got10k" / "train" / name) == _files(tmp_path / "with" / "got10k" / "train" / name)
+    assert _files(tmp_path / "without" / "got10k" / "val") == _files(tmp_path / "with" / "got10k" / "val")
+    added = _scene_of(tmp_path / "with" / "got10k" / "train" / "Demo_Train_000003")
+    assert added["background_video"].startswith("photo/")

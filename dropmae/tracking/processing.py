@@ -76,10 +76,26 @@ class CropSettings:
     grayscale_probability: float
     brightness_jitter: float
     flip_probability: float
+    hue_rotation_probability: float
 
     @classmethod
     def from_config(cls, tracking) -> "CropSettings":
         return cls(**{name: getattr(tracking, name) for name in cls.__dataclass_fields__})
+
+
+# OpenCV's 8-bit HSV stores hue as degrees / 2: 180 steps around the circle.
+HUE_STEPS = 180
+
+
+def rotate_hues(images: list[np.ndarray], steps: int) -> list[np.ndarray]:
+    """The RGB uint8 images with every pixel's hue turned by ``steps`` x 2 degrees (saturation and value kept),
+    the same turn for all, so a template and its search crop still show the same object."""
+    rotated = []
+    for image in images:
+        hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = (hsv[..., 0].astype(np.int16) + steps) % HUE_STEPS
+        rotated.append(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB))
+    return rotated
 
 
 def jittered_box(box_xywh: np.ndarray, center_jitter: float, scale_jitter: float, rng: np.random.Generator) -> np.ndarray:
@@ -178,6 +194,8 @@ class TrackingPairDataset(EpochSeededDataset):
         images = [template_crop.image, search_crop.image]
         if rng.random() < s.grayscale_probability:  # joint, as OSTrack's ToGrayscale
             images = [np.repeat(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2) for image in images]
+        if rng.random() < s.hue_rotation_probability:
+            images = rotate_hues(images, int(rng.integers(1, HUE_STEPS)))
         tensors = []
         for image in images:
             tensor = to_normalized_tensor(image)

@@ -228,14 +228,29 @@ TRACKING_OPERATIONAL_KEYS = {"preset", "baseline", "benchmarks", "evaluate", "nu
 TRACKING_TEST_KEYS = ("template_factor", "search_factor", "clip_margin")
 
 
+def _demo_benchmark_settings():
+    from dropmae.demo.benchmark import DemoBenchmarkSettings
+
+    # Val targets are objects also seen in training: the bank has 17 objects, too few for a
+    # micro tracker to generalise to held-out ones (GOT-10k's one-shot rule is an option there);
+    # the unseen split holds the objects no stage trains on.
+    return DemoBenchmarkSettings(holdout_val_objects=False)
+
+
+def demo_benchmark_signature() -> dict:
+    """What the demo benchmark is built from, besides the videos: its settings and photo lists."""
+    from dropmae.demo.benchmark import TRAIN_PHOTOS, UNSEEN_PHOTOS
+
+    return {"settings": _demo_benchmark_settings().as_dict(), "train_photos": list(TRAIN_PHOTOS),
+            "unseen_photos": list(UNSEEN_PHOTOS)}
+
+
 def build_demo_benchmark_stage(videos_root: str | Path, summary_path: str | Path) -> dict:
     """The embedded tracking / segmentation benchmark, next to its summary."""
-    from dropmae.demo.benchmark import DemoBenchmarkSettings, build_demo_benchmark
+    from dropmae.demo.benchmark import build_demo_benchmark
 
     summary_path = ensure_parent(summary_path)
-    # Val targets are objects also seen in training: the bank has 17 objects, too few for a
-    # micro tracker to generalise to held-out ones (GOT-10k's one-shot rule is an option there).
-    summary = build_demo_benchmark(videos_root, summary_path.parent, DemoBenchmarkSettings(holdout_val_objects=False))
+    summary = build_demo_benchmark(videos_root, summary_path.parent, _demo_benchmark_settings())
     summary_path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 
