@@ -102,8 +102,14 @@ def cmd_stage(args) -> int:
     """One stage of the experiment DAG with the paths of dropmae.workflow.layout (used by dvc.yaml)."""
     from dropmae.config import check_data_paths
     from dropmae.workflow import layout, stages, tables
+    from dropmae.workflow.dvc_stage import fill_stage_arguments
 
     config = _load(args)
+    fill_stage_arguments(args, config)  # under `dvc repro`: the values of the stage DVC runs
+    missing = [f"--{name}" for name in getattr(args, "stage_needs", ()) if getattr(args, name) is None]
+    if missing:
+        raise ConfigError(f"dropmae stage {args.stage}: give {' '.join(missing)} (or run it as a dvc.yaml stage, "
+                          "which names its item in DVC_STAGE)")
     if args.stage == "demo-videos":
         stages.build_demo_videos(layout.demo_videos())
         return 0
@@ -295,26 +301,31 @@ def build_parser() -> argparse.ArgumentParser:
                         ("evaluate-segmenter", ("segmenter", "benchmark")), ("probe", ("probe_cell", "benchmark"))):
         sub = stage_kinds.add_parser(name)
         _add_config_arguments(sub)
-        sub.set_defaults(handler=cmd_stage, config_default=True)
+        # Not required by argparse: under `dvc repro` they come from DVC_STAGE (dvc_stage.py);
+        # cmd_stage checks them after that.
+        argument_names = {"source": ["source"], "cell": ["method", "epochs"], "tracker": ["tracker"],
+                          "segmenter": ["segmenter"], "probe_cell": ["cell"], "benchmark": ["benchmark"]}
+        sub.set_defaults(handler=cmd_stage, config_default=True,
+                         stage_needs=[argument for need in needs for argument in argument_names.get(need, [])])
         if "source" in needs:
-            sub.add_argument("--source", required=True, help="a name from data.sources")
+            sub.add_argument("--source", help="a name from data.sources")
         if "cell" in needs:
-            sub.add_argument("--method", required=True, choices=["twinmae", "dropmae"])
-            sub.add_argument("--epochs", required=True, type=int)
+            sub.add_argument("--method", choices=["twinmae", "dropmae"])
+            sub.add_argument("--epochs", type=int)
         if "tracker" in needs:
-            sub.add_argument("--tracker", required=True,
+            sub.add_argument("--tracker",
                              help="<source>/<method>_ep<epochs> (a pretraining cell), <source>/random_init, scratch, "
                                   "or first_box")
         if "segmenter" in needs:
-            sub.add_argument("--segmenter", required=True,
+            sub.add_argument("--segmenter",
                              help="<source>/<method>_ep<epochs> (a pretraining cell), <source>/random_init, scratch, "
                                   "or first_mask")
         if "probe_cell" in needs:
-            sub.add_argument("--cell", required=True,
+            sub.add_argument("--cell",
                              help="<source>/<method>_ep<epochs> (a pretraining cell) or <source>/random_init")
         if "benchmark" in needs:
             section = "segmentation" if name.endswith(("segmenter", "probe")) else "tracking"
-            sub.add_argument("--benchmark", required=True, help=f"a name from {section}.evaluate")
+            sub.add_argument("--benchmark", help=f"a name from {section}.evaluate")
         if "table" in needs:
             sub.add_argument("table", choices=["pretraining", "datasources", "attention"])
 

