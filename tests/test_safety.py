@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from dropmae.config import ConfigError, config_from_dict, json_schema, load_config
+from conftest import write_mp4
 from dropmae.workflow.dvc_stage import fill_stage_arguments, stage_item
 from workflow_support import REPO, copy_repository, run, tool_environment
 
@@ -110,3 +111,78 @@ def test_dvc_repro_rejects_a_hostile_source_name_before_any_shell_runs_it(tmp_pa
     assert not (repo / "PWNED").exists(), "the shell ran the command inside the source name"
     output = repro.stdout + repro.stderr
     assert "configuration error: data.sources.x;touch PWNED;echo: names are letters" in output, output[-3000:]
+
+
+# ----------------------------------------------------------------------------- extraction
+def _records(out_dir: Path) -> dict[str, dict]:
+    return {record["video_id"]: record for record in
+            (json.loads(path.read_text()) for path in sorted((out_dir / ".status").rglob("*.json")))}
+
+
+def test_content_verdicts_are_final_and_other_failures_are_retried(tmp_path, bad_videos, real_frames):
+    from dropmae.data.extract import ExtractionSettings, extract_frames
+    from dropmae.data.video_index import VideoEntry
+
+    entries = [VideoEntry(video_id=kind, path=path, label="") for kind, path in bad_videos.items()]
+    settings = ExtractionSettings(short_side=32, workers=1, max_bad_fraction=1.0, val_fraction=0.0)
+    first = extract_frames(entries, tmp_path, settings, progress=False).set_index("video_id")["reason"]
+    stamps = {path.name: path.stat().st_mtime_ns for path in (tmp_path / ".status").iterdir()}
+    # The cause outside the video is fixed: the "unreadable" path is now a real clip.
+    bad_videos["unreadable"].rmdir()
+    write_mp4(bad_videos["unreadable"], real_frames)
+    try:
+        second = extract_frames(entries, tmp_path, settings, progress=False).set_index("video_id")
+    finally:
+        bad_videos["unreadable"].unlink()
+        bad_videos["unreadable"].mkdir()
+    assert first["unreadable"].startswith("unreadable")
+    assert second.loc["unreadable", "status"] == "ok"  # retried once the cause was gone
+    for kind in ("missing", "zero_byte", "not_a_video", "truncated", "truncated_indexed", "corrupt", "single_frame"):
+        assert second.loc[kind, "reason"] == first[kind]
+        assert (tmp_path / ".status" / f"{kind}.json").stat().st_mtime_ns == stamps[f"{kind}.json"], kind  # not redone
+
+
+def _mount_tmpfs(path: Path, size: str) -> None:
+    path.mkdir(exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
+
+
+def test_videos_that_hit_a_full_disk_are_retried_once_there_is_room(tmp_path, demo_tree):
+    """A real full file system (a 96 KiB tmpfs): the videos that did not fit are recorded with the
+    OSError and extracted by the next run, after the disk is enlarged."""
+    from dropmae.data.extract import ExtractionError, ExtractionSettings, extract_frames
+
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "96k")
+    try:
+        settings = ExtractionSettings(short_side=64, workers=1, max_bad_fraction=0.0, val_fraction=0.0)
+        with pytest.raises(ExtractionError, match="No space left on device"):
+            extract_frames(demo_tree, disk / "frames", settings, progress=False)
+        first = _records(disk / "frames")
+        full = sorted(video for video, record in first.items() if "No space left" in record["reason"])
+        done = sorted(video for video, record in first.items() if record["status"] == "ok")
+        assert full and done, first
+        stamps = {video: (disk / "frames/.status" / f"{video}.json").stat().st_mtime_ns for video in done}
+        subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)
+        manifest = extract_frames(demo_tree, disk / "frames", settings, progress=False)
+        assert (manifest["status"] == "ok").all()
+        for video in done:  # nothing done is redone
+            assert (disk / "frames/.status" / f"{video}.json").stat().st_mtime_ns == stamps[video]
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_video_over_its_time_limit_is_recorded_as_timeout_and_the_run_goes_on(tmp_path, demo_tree):
+    from dropmae.data.extract import ExtractionSettings, extract_frames
+
+    hurried = ExtractionSettings(short_side=64, workers=2, max_bad_fraction=1.0, val_fraction=0.0,
+                                 video_timeout_s=0.001)  # no video decodes in a millisecond
+    manifest = extract_frames(demo_tree, tmp_path, hurried, progress=False)
+    assert len(manifest) == 6 and (manifest["status"] == "failed").all()
+    assert manifest["reason"].str.startswith("timeout: decoding took longer than video_timeout_s=0.001 s").all()
+    assert not (tmp_path / ".tmp").exists()  # the killed workers' half-written frames are gone
+    again = extract_frames(demo_tree, tmp_path, ExtractionSettings(short_side=64, workers=2, val_fraction=0.0),
+                           progress=False)
+    assert (again["status"] == "ok").all()  # a timeout is retried by the next run

@@ -43,6 +43,9 @@ class ExtractionConfig:
     val_fraction: float = 0.01
     # also pack the frames into shard files + an index (dropmae.data.packed), read by pretrain.input: packed
     pack: bool = False
+    # longest one video's decode may take before its worker ends it (reason "timeout"): a decoder
+    # that hangs on one file (decord's get_batch can) must not stall the whole extraction
+    video_timeout_s: float = 600.0
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,7 @@ def validate(config: Config, *, check_study: bool = True) -> Config:
     _require(ex.workers >= 1, "data.extraction.workers", "must be >= 1", ex.workers)
     _require(0 <= ex.max_bad_fraction <= 1, "data.extraction.max_bad_fraction", "must be in [0, 1]", ex.max_bad_fraction)
     _require(0 <= ex.val_fraction < 1, "data.extraction.val_fraction", "must be in [0, 1)", ex.val_fraction)
+    _require(ex.video_timeout_s > 0, "data.extraction.video_timeout_s", "must be positive (seconds)", ex.video_timeout_s)
     for name in config.data.sources:
         _require(name.replace("_", "").replace("-", "").isalnum(), f"data.sources.{name}", "source names are letters, digits, - and _", name)
 

@@ -29,7 +29,8 @@ PRETRAINED_MODEL_KEYS = ("model", "config", "run", "epoch", "global_step")
 OPERATIONAL_KEYS = {
     "pretrain": {"methods", "epochs", "num_workers", "keep_epochs", "checkpoint_every_steps", "log_every_steps",
                  "compile"},
-    "data.extraction": {"workers", "max_bad_fraction", "pack"},  # a pack holds the same bytes as the frames
+    # a pack holds the same bytes as the frames; a video that times out is retried on the next run
+    "data.extraction": {"workers", "max_bad_fraction", "pack", "video_timeout_s"},
 }
 
 # The analysis settings an analyse job depends on (rule params and dvc.yaml params).
