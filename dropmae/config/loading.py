@@ -82,7 +82,11 @@ def parse_override(assignment: str) -> dict:
     parts = dotted.strip().split(".")
     if not all(parts):
         raise ConfigError(f"override {assignment!r} has an empty key")
-    value: Any = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value: Any = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {assignment!r}: the value is not valid YAML "
+                          f"({str(error).splitlines()[0]}); e.g. pretrain.epochs=[400,800]") from None
     for part in reversed(parts):
         value = {part: value}
     return value

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from dropmae.data.manifest import FRAMES_DIR, MANIFEST_COLUMNS, MANIFEST_NAME, read_manifest, split_for
 from dropmae.data.packed import pack_frames
 from dropmae.data.video_index import VideoEntry, index_videos
+from dropmae.files import apply_umask
 
 STATUS_DIR = ".status"
 TMP_DIR = ".tmp"
@@ -304,6 +305,7 @@ def _extract_video(entry: VideoEntry, out_dir: Path, settings: ExtractionSetting
     tmp_root = out_dir / TMP_DIR
     tmp_root.mkdir(parents=True, exist_ok=True)
     work_dir = Path(tempfile.mkdtemp(dir=tmp_root, prefix=entry.video_id.replace("/", "__") + "."))
+    apply_umask(work_dir)  # mkdtemp makes it 0700, and it becomes the video's frames folder
     try:
         reader = _open_video(entry.path)
         total = len(reader)
