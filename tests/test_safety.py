@@ -186,3 +186,184 @@ def test_a_video_over_its_time_limit_is_recorded_as_timeout_and_the_run_goes_on(
     again = extract_frames(demo_tree, tmp_path, ExtractionSettings(short_side=64, workers=2, val_fraction=0.0),
                            progress=False)
     assert (again["status"] == "ok").all()  # a timeout is retried by the next run
+
+
+# ----------------------------------------------------------------------------- pretraining runs
+def _cli(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "dropmae.cli", *arguments]
+
+
+def test_a_checkpoint_of_another_run_is_not_resumed(frames_root, tmp_path):
+    from conftest import tiny_config
+    from dropmae.config import Cell
+    from dropmae.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint
+    from dropmae.engine.pretrain import pretrain
+
+    run_dir = tmp_path / "run"
+    pretrain(tiny_config(), Cell("dropmae", 2), frames_root, run_dir, stop_after_steps=2, progress=False)
+    written = (run_dir / LAST_CHECKPOINT).read_bytes()
+    with pytest.raises(ConfigError, match=r"belongs to another run; it differs in method \(checkpoint 'dropmae', "
+                       r"this run 'twinmae'\); pretrain.mask_ratio \(checkpoint 0.75, this run 0.9\)"):
+        pretrain(tiny_config(mask_ratio=0.9), Cell("twinmae", 2), frames_root, run_dir, progress=False)
+    with pytest.raises(ConfigError, match=r"epochs \(checkpoint 2, this run 1\)"):  # fewer epochs than written
+        pretrain(tiny_config(), Cell("dropmae", 1), frames_root, run_dir, progress=False)
+    assert (run_dir / LAST_CHECKPOINT).read_bytes() == written  # left as it was
+    # Operational keys (workers, logging, checkpoint cadence) do not make it another run.
+    outcome = pretrain(tiny_config(log_every_steps=5, checkpoint_every_steps=1), Cell("dropmae", 2), frames_root,
+                       run_dir, progress=False)
+    assert outcome.status == "completed" and load_checkpoint(run_dir / LAST_CHECKPOINT)["epoch"] == 2
+
+
+def _write_tiny_params(path: Path, epochs: int) -> Path:
+    from conftest import TINY
+
+    values = json.loads(json.dumps(TINY))
+    values["pretrain"]["epochs"] = [epochs]
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def _wait_for_a_step(process: subprocess.Popen, run_dir: Path, timeout: float = 120) -> None:
+    import time
+
+    log = run_dir / "log.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if log.is_file() and '"event": "step"' in log.read_text():
+            return
+        if process.poll() is not None:
+            pytest.fail(f"trainer exited early: {process.stdout.read()}")
+        time.sleep(0.2)
+    pytest.fail("no training step logged")
+
+
+def test_a_second_trainer_on_the_same_run_is_refused_and_ctrl_c_checkpoints(frames_root, tmp_path):
+    """Two real trainer processes: the second stops at once naming the first; Ctrl-C (SIGINT) then
+    stops the first with a checkpoint and exit code 75, and the same command resumes it."""
+    import signal
+
+    from dropmae.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint
+
+    params = _write_tiny_params(tmp_path / "params.yaml", epochs=500)
+    run_dir = tmp_path / "run"
+    command = _cli("pretrain", "--config", str(params), "--data", str(frames_root), "--output", str(run_dir), "--quiet")
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=tool_environment())
+    try:
+        _wait_for_a_step(first, run_dir)
+        second = subprocess.run(command, capture_output=True, text=True, env=tool_environment(), timeout=120)
+        assert second.returncode == 1
+        assert f"another trainer (process {first.pid}) is writing {run_dir}" in second.stderr
+        assert "Traceback" not in second.stderr
+        first.send_signal(signal.SIGINT)
+        output, _ = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 75, output
+    assert "interrupted (SIGINT) after global step" in output and "rerun the same command to resume" in output
+    step = load_checkpoint(run_dir / LAST_CHECKPOINT)["global_step"]
+    assert step > 0
+    events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "interrupted" and events[-1]["reason"] == "SIGINT"
+
+
+def test_unreadable_checkpoints_and_stale_temporaries(frames_root, tmp_path):
+    import torch
+
+    from dropmae.engine.checkpoint import LAST_CHECKPOINT, CheckpointError, load_checkpoint
+
+    params = _write_tiny_params(tmp_path / "params.yaml", epochs=1)
+    run_dir = tmp_path / "run"
+    command = _cli("pretrain", "--config", str(params), "--data", str(frames_root), "--output", str(run_dir), "--quiet")
+    stale = run_dir / ".checkpoint-last.pth.k2j4x9.tmp"  # what kill -9 during a save leaves
+    run_dir.mkdir()
+    stale.write_bytes(b"half a checkpoint")
+    assert subprocess.run(command, capture_output=True, text=True, env=tool_environment()).returncode == 0
+    assert not stale.exists()
+    last = run_dir / LAST_CHECKPOINT
+    whole = last.read_bytes()
+
+    last.write_bytes(whole[: len(whole) // 2])  # truncated (a copy cut short, a full disk elsewhere)
+    with pytest.raises(CheckpointError, match=rf"checkpoint {last} is unreadable \(truncated or not a checkpoint"):
+        load_checkpoint(last)
+    done = subprocess.run(command, capture_output=True, text=True, env=tool_environment())
+    assert done.returncode == 1
+    assert f"checkpoint {last} is unreadable" in done.stderr and "Move it aside" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+    torch.save({"model": argparse.Namespace(x=1)}, last)  # a pickle of an arbitrary object
+    done = subprocess.run(command, capture_output=True, text=True, env=tool_environment())
+    assert done.returncode == 1 and f"checkpoint {last} is unreadable" in done.stderr
+    assert "weights_only=False" not in done.stderr  # never advise loading arbitrary code
+
+
+def test_a_full_disk_during_a_checkpoint_write_is_named_and_keeps_the_last_checkpoint(tmp_path):
+    """A real full file system (a 256 KiB tmpfs) under torch.save."""
+    import torch
+
+    from dropmae.engine.checkpoint import DiskFullError, atomic_torch_save, load_checkpoint
+
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "256k")
+    try:
+        path = disk / "checkpoint-last.pth"
+        atomic_torch_save({"model": torch.zeros(1000)}, path)  # 4 kB: fits
+        with pytest.raises(DiskFullError, match=rf"no space left on the device while writing {path}"):
+            atomic_torch_save({"model": torch.zeros(200_000)}, path)  # 800 kB: does not
+        assert load_checkpoint(path)["model"].shape == (1000,)  # the previous checkpoint is intact
+        assert [p.name for p in disk.iterdir()] == [path.name]  # no temporary left
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+# ----------------------------------------------------------------------------- command line and files
+@pytest.mark.parametrize("arguments, code, message", [
+    (["config", "--config", "missing.yaml"], 2, "configuration error: config file missing.yaml does not exist"),
+    (["config", "--config", "params.yaml", "--set", "pretrain.epochs=[1,"], 2,
+     "configuration error: override 'pretrain.epochs=[1,': the value is not valid YAML"),
+    (["config", "--config", "params.yaml", "--set", "pretrain.blr=.inf"], 2, "pretrain.blr: must be a finite number"),
+    (["extract-frames", "--config", "params.yaml", "--source", "no-such-videos", "--output", "out"], 1,
+     "error: "),
+    (["reconstruct", "--checkpoint", "none.pth", "--data", "d", "--output", "o.png"], 1,
+     "error: FileNotFoundError: checkpoint none.pth does not exist"),
+])
+def test_expected_errors_are_one_message_without_traceback(tmp_path, arguments, code, message):
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    done = subprocess.run(_cli(*arguments), cwd=tmp_path, capture_output=True, text=True, env=tool_environment())
+    assert done.returncode == code, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    debug = subprocess.run(_cli("--debug", *arguments), cwd=tmp_path, capture_output=True, text=True,
+                           env=tool_environment())
+    assert "Traceback" in debug.stderr
+
+
+def test_an_extraction_over_its_bad_video_limit_is_one_message(tmp_path, bad_videos):
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    done = subprocess.run(_cli("extract-frames", "--config", "params.yaml", "--source", str(bad_videos["zero_byte"].parent),
+                               "--output", "out", "--quiet"), cwd=tmp_path, capture_output=True, text=True,
+                          env=tool_environment())
+    assert done.returncode == 1
+    assert "videos failed" in done.stderr and "max_bad_fraction" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_outputs_honour_the_umask(tmp_path, demo_tree):
+    import os
+
+    import torch
+
+    from dropmae.engine.checkpoint import atomic_torch_save
+
+    previous = os.umask(0o002)  # a team's shared folder: group-writable
+    try:
+        atomic_torch_save({"x": torch.zeros(1)}, tmp_path / "checkpoint-last.pth")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "checkpoint-last.pth").stat().st_mode & 0o777 == 0o664
+    # A fresh process: extraction's workers take the umask their process started with.
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    subprocess.run(_cli("extract-frames", "--config", "params.yaml", "--set", "data.extraction.workers=1",
+                        "--set", "data.extraction.short_side=32", "--source", str(demo_tree), "--output", "frames",
+                        "--quiet"), cwd=tmp_path, env=tool_environment(), check=True, preexec_fn=lambda: os.umask(0o002))
+    video = next(next((tmp_path / "frames/frames").iterdir()).iterdir())
+    assert video.is_dir() and video.stat().st_mode & 0o777 == 0o775
+    assert next(video.iterdir()).stat().st_mode & 0o777 == 0o664
