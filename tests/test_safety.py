@@ -66,6 +66,23 @@ def test_empty_sources_and_empty_files_say_what_is_missing(tmp_path):
         load_config(no_sources)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("text, message", [
+    ("data:\n  sources: {k400: {videos: v}\n", 'config file params.yaml is not valid YAML: while parsing a flow mapping\n'
+                                              '  in "params.yaml", line 2'),
+    ("", "config file params.yaml is empty"),
+    ("data:\n  sources: {}\n", "data.sources is empty; name at least one video source"),
+])
+def test_snakemake_names_the_file_and_what_is_missing(tmp_path, text, message):
+    from workflow_support import snakemake
+
+    repo = copy_repository(tmp_path / "repo")
+    (repo / "params.yaml").write_text(text)
+    done = snakemake(repo, "-n", check=False)
+    assert done.returncode != 0 and message in done.stdout + done.stderr, done.stderr[-2000:]
+    assert "StopIteration" not in done.stderr
+
+
 # ----------------------------------------------------------------------------- DVC stages
 def _two_source_config():
     return config_from_dict({"data": {"sources": {"k400": {"videos": "a"}, "my-clips": {"videos": "b"}}},
@@ -193,6 +210,7 @@ def _cli(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "dropmae.cli", *arguments]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_run_is_not_resumed(frames_root, tmp_path):
     from conftest import tiny_config
     from dropmae.config import Cell
@@ -237,6 +255,7 @@ def _wait_for_a_step(process: subprocess.Popen, run_dir: Path, timeout: float = 
     pytest.fail("no training step logged")
 
 
+@pytest.mark.slow
 def test_a_second_trainer_on_the_same_run_is_refused_and_ctrl_c_checkpoints(frames_root, tmp_path):
     """Two real trainer processes: the second stops at once naming the first; Ctrl-C (SIGINT) then
     stops the first with a checkpoint and exit code 75, and the same command resumes it."""
@@ -267,6 +286,7 @@ def test_a_second_trainer_on_the_same_run_is_refused_and_ctrl_c_checkpoints(fram
     assert events[-1]["event"] == "interrupted" and events[-1]["reason"] == "SIGINT"
 
 
+@pytest.mark.slow
 def test_unreadable_checkpoints_and_stale_temporaries(frames_root, tmp_path):
     import torch
 
@@ -322,10 +342,10 @@ def test_a_full_disk_during_a_checkpoint_write_is_named_and_keeps_the_last_check
     (["config", "--config", "params.yaml", "--set", "pretrain.epochs=[1,"], 2,
      "configuration error: override 'pretrain.epochs=[1,': the value is not valid YAML"),
     (["config", "--config", "params.yaml", "--set", "pretrain.blr=.inf"], 2, "pretrain.blr: must be a finite number"),
-    (["extract-frames", "--config", "params.yaml", "--source", "no-such-videos", "--output", "out"], 1,
-     "error: "),
-    (["reconstruct", "--checkpoint", "none.pth", "--data", "d", "--output", "o.png"], 1,
-     "error: FileNotFoundError: checkpoint none.pth does not exist"),
+    pytest.param(["extract-frames", "--config", "params.yaml", "--source", "no-such-videos", "--output", "out"], 1,
+                 "error: ", marks=pytest.mark.slow),
+    pytest.param(["reconstruct", "--checkpoint", "none.pth", "--data", "d", "--output", "o.png"], 1,
+                 "error: FileNotFoundError: checkpoint none.pth does not exist", marks=pytest.mark.slow),
 ])
 def test_expected_errors_are_one_message_without_traceback(tmp_path, arguments, code, message):
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")

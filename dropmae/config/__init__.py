@@ -20,6 +20,7 @@ from dropmae.config.loading import (
     deep_merge,
     load_config,
     parse_override,
+    read_config_file,
 )
 from dropmae.config.schema import json_schema
 from dropmae.config.sections import (
@@ -69,6 +70,6 @@ __all__ = [
     "ProbeConfig", "SegmentationBenchmark", "SegmentationConfig", "SegmentationEvalSet", "SegmentationTrainSet",
     "SourceConfig", "TrackingBenchmark", "TrackingConfig", "TrackingEvalSet", "TrackingTrainSet",
     "apply_presets", "apply_whole_replacements", "build_section", "check_data_paths", "config_from_dict",
-    "config_to_dict", "deep_merge", "json_schema", "load_config", "parse_override", "resolve_run",
+    "config_to_dict", "deep_merge", "json_schema", "load_config", "parse_override", "read_config_file", "resolve_run",
     "study_epochs", "study_pretrain", "tasks_per_node_of", "validate",
 ]
