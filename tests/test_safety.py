@@ -387,3 +387,46 @@ def test_outputs_honour_the_umask(tmp_path, demo_tree):
     video = next(next((tmp_path / "frames/frames").iterdir()).iterdir())
     assert video.is_dir() and video.stat().st_mode & 0o777 == 0o775
     assert next(video.iterdir()).stat().st_mode & 0o777 == 0o664
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_waiting_stage_cancels_its_local_job(frames_root, tmp_path):
+    """`dropmae stage pretrain` waits on a submitit job; SIGTERM to it (kill, a CI timeout) must end
+    the job too (checkpoint, then stop) instead of orphaning it beside the rerun."""
+    import fcntl
+    import signal
+    import time
+
+    from conftest import TINY
+    from test_launch import LOCAL
+
+    values = json.loads(json.dumps(TINY))
+    values["pretrain"]["epochs"] = [500]
+    values["launcher"] = LOCAL
+    values["data"] = {"sources": {"demo": {"videos": str(frames_root)}}, "frames_root": "frames"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(values))
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "frames" / "demo").symlink_to(frames_root, target_is_directory=True)
+    run_dir = tmp_path / "runs/pretrain/demo/dropmae_ep500"
+    waiter = subprocess.Popen(_cli("stage", "pretrain", "--source", "demo", "--method", "dropmae", "--epochs", "500"),
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=tool_environment())
+    try:
+        _wait_for_a_step(waiter, run_dir, timeout=240)
+        waiter.send_signal(signal.SIGTERM)
+        output, _ = waiter.communicate(timeout=60)
+    finally:
+        waiter.kill()
+    assert waiter.returncode == 143, output
+    assert "interrupted; rerun the same command to resume" in output
+    deadline = time.time() + 120
+    with open(run_dir / ".lock") as lock:  # the job holds it while it trains
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                assert time.time() < deadline, "the local job kept training after its waiter was terminated"
+                time.sleep(0.5)
+    events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "interrupted" and events[-1]["reason"] == "SIGINT"  # submitit's cancel
