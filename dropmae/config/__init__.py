@@ -31,6 +31,7 @@ from dropmae.config.sections import (
     NAME_PATTERN,
     PAIR_INPUTS,
     PRECISIONS,
+    PRETRAIN_OPERATIONAL_KEYS,
     SEGMENTATION_FORMATS,
     STUDY_FIXED_PRETRAIN_KEYS,
     TRACKING_FORMATS,
@@ -63,7 +64,7 @@ from dropmae.config.sections import (
 from dropmae.config.validation import build_section, check_data_paths, validate
 
 __all__ = [
-    "DEMO_TRACKING_BENCHMARK", "DEMO_VIDEOS", "EXECUTORS", "METHODS", "NAME_PATTERN", "PAIR_INPUTS", "PRECISIONS", "REPLACED_WHOLE",
+    "DEMO_TRACKING_BENCHMARK", "DEMO_VIDEOS", "EXECUTORS", "METHODS", "NAME_PATTERN", "PAIR_INPUTS", "PRECISIONS", "PRETRAIN_OPERATIONAL_KEYS", "REPLACED_WHOLE",
     "SEGMENTATION_FORMATS", "STUDY_FIXED_PRETRAIN_KEYS", "TRACKING_FORMATS",
     "AnalysisConfig", "AttentionStudyConfig", "Cell", "Config", "ConfigError", "DataConfig", "ExtractionConfig",
     "JobResources", "LauncherConfig", "ModelConfig", "PretrainConfig", "PretrainLaunchConfig", "PretrainOverrides",

@@ -22,6 +22,12 @@ DEMO_VIDEOS = "data/demo-videos"
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
 
 
+# pretrain.* keys that change how a run is executed or logged but not what it computes: a
+# checkpoint written under other values of these is resumed as it is.
+PRETRAIN_OPERATIONAL_KEYS = frozenset({"methods", "epochs", "num_workers", "keep_epochs", "checkpoint_every_steps",
+                                       "log_every_steps", "compile"})
+
+
 class ConfigError(ValueError):
     """A configuration value is unknown, mistyped or out of range; the message names the key."""
 

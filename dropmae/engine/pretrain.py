@@ -14,7 +14,7 @@ import torch
 from timm.optim import param_groups_weight_decay
 from torch.utils.data import Dataset
 
-from dropmae.config import Cell, Config, ConfigError, config_from_dict, config_to_dict
+from dropmae.config import PRETRAIN_OPERATIONAL_KEYS, Cell, Config, ConfigError, config_from_dict, config_to_dict
 from dropmae.data.device_decode import EncodedPairBatch, collate_encoded, decode_pairs
 from dropmae.data.pairs import FramePairDataset, PackedFramePairDataset, VideoFramePairDataset, normalize_frames
 from dropmae.engine.checkpoint import load_checkpoint
@@ -34,12 +34,6 @@ from dropmae.engine.loop import (  # noqa: F401  (re-exported: the pretraining A
 from dropmae.engine.schedule import learning_rate_at, scaled_learning_rate
 from dropmae.models.dropmae import DropMAE
 from dropmae.seeding import derive_seed
-
-
-# pretrain.* keys that change how a run is executed or logged but not what it computes; a
-# checkpoint written under other values of these is resumed as it is.
-PRETRAIN_OPERATIONAL_KEYS = frozenset({"methods", "epochs", "num_workers", "keep_epochs", "checkpoint_every_steps",
-                                       "log_every_steps", "compile"})
 
 
 def training_signature(config: Config, run: Cell) -> dict:

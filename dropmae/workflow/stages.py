@@ -15,10 +15,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dropmae.config import Config, config_from_dict, config_to_dict
+from dropmae.config import PRETRAIN_OPERATIONAL_KEYS, Config, config_from_dict, config_to_dict
 from dropmae.engine.checkpoint import LAST_CHECKPOINT, atomic_torch_save, load_checkpoint
 from dropmae.engine.loop import default_device
-from dropmae.engine.pretrain import PRETRAIN_OPERATIONAL_KEYS
 from dropmae.workflow import layout
 from dropmae.workflow.layout import Cell, RandomInit, ensure_parent, frames_dir
 
