@@ -7,6 +7,16 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
+# Read params.yaml with the package first, so a YAML error, an empty file or a mapping of
+# something else is reported naming the file (Snakemake's own reading does not name it).
+from dropmae.config import ConfigError, read_config_file
+
+try:
+    read_config_file("params.yaml")
+except ConfigError as error:
+    raise ValueError(f"invalid configuration: {error}") from None
+
+
 configfile: "params.yaml"
 
 

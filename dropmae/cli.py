@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
 from dropmae.config import Config, ConfigError, load_config, resolve_run
 from dropmae.workflow.layout import ATTENTION_STUDY_DIR, ATTENTION_STUDY_RUNS
+
+
+# sysexits.h EX_TEMPFAIL: the run stopped on a signal with its checkpoint written; rerunning the
+# same command resumes it. Scripts can tell it from a finished run (0) and from an error (1, 2).
+EXIT_INTERRUPTED = 75
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,8 +71,9 @@ def cmd_pretrain(args) -> int:
             else config.data.sources[run.source].videos
     outcome = pretrain(config, run, data, args.output, device=args.device, progress=not args.quiet)
     if outcome.status == "interrupted":
-        print(f"interrupted after global step {outcome.global_step}; {outcome.checkpoint} written, "
-              f"rerun the same command to resume")
+        print(f"interrupted ({outcome.reason}) after global step {outcome.global_step}; {outcome.checkpoint} "
+              f"written, rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     else:
         print(f"finished {run.method} for {run.epochs} epochs ({outcome.global_step} steps, "
               f"last loss {outcome.last_loss}); checkpoint {outcome.checkpoint}")
@@ -102,8 +109,14 @@ def cmd_stage(args) -> int:
     """One stage of the experiment DAG with the paths of dropmae.workflow.layout (used by dvc.yaml)."""
     from dropmae.config import check_data_paths
     from dropmae.workflow import layout, stages, tables
+    from dropmae.workflow.dvc_stage import fill_stage_arguments
 
     config = _load(args)
+    fill_stage_arguments(args, config)  # under `dvc repro`: the values of the stage DVC runs
+    missing = [f"--{name}" for name in getattr(args, "stage_needs", ()) if getattr(args, name) is None]
+    if missing:
+        raise ConfigError(f"dropmae stage {args.stage}: give {' '.join(missing)} (or run it as a dvc.yaml stage, "
+                          "which names its item in DVC_STAGE)")
     if args.stage == "demo-videos":
         stages.build_demo_videos(layout.demo_videos())
         return 0
@@ -242,6 +255,8 @@ def cmd_schema(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dropmae", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (also DROPMAE_DEBUG=1), not only its message")
     commands = parser.add_subparsers(dest="command", required=True)
 
     extract = commands.add_parser("extract-frames", help="decode videos into JPEG frames plus a manifest")
@@ -295,26 +310,31 @@ def build_parser() -> argparse.ArgumentParser:
                         ("evaluate-segmenter", ("segmenter", "benchmark")), ("probe", ("probe_cell", "benchmark"))):
         sub = stage_kinds.add_parser(name)
         _add_config_arguments(sub)
-        sub.set_defaults(handler=cmd_stage, config_default=True)
+        # Not required by argparse: under `dvc repro` they come from DVC_STAGE (dvc_stage.py);
+        # cmd_stage checks them after that.
+        argument_names = {"source": ["source"], "cell": ["method", "epochs"], "tracker": ["tracker"],
+                          "segmenter": ["segmenter"], "probe_cell": ["cell"], "benchmark": ["benchmark"]}
+        sub.set_defaults(handler=cmd_stage, config_default=True,
+                         stage_needs=[argument for need in needs for argument in argument_names.get(need, [])])
         if "source" in needs:
-            sub.add_argument("--source", required=True, help="a name from data.sources")
+            sub.add_argument("--source", help="a name from data.sources")
         if "cell" in needs:
-            sub.add_argument("--method", required=True, choices=["twinmae", "dropmae"])
-            sub.add_argument("--epochs", required=True, type=int)
+            sub.add_argument("--method", choices=["twinmae", "dropmae"])
+            sub.add_argument("--epochs", type=int)
         if "tracker" in needs:
-            sub.add_argument("--tracker", required=True,
+            sub.add_argument("--tracker",
                              help="<source>/<method>_ep<epochs> (a pretraining cell), <source>/random_init, scratch, "
                                   "or first_box")
         if "segmenter" in needs:
-            sub.add_argument("--segmenter", required=True,
+            sub.add_argument("--segmenter",
                              help="<source>/<method>_ep<epochs> (a pretraining cell), <source>/random_init, scratch, "
                                   "or first_mask")
         if "probe_cell" in needs:
-            sub.add_argument("--cell", required=True,
+            sub.add_argument("--cell",
                              help="<source>/<method>_ep<epochs> (a pretraining cell) or <source>/random_init")
         if "benchmark" in needs:
             section = "segmentation" if name.endswith(("segmenter", "probe")) else "tracking"
-            sub.add_argument("--benchmark", required=True, help=f"a name from {section}.evaluate")
+            sub.add_argument("--benchmark", help=f"a name from {section}.evaluate")
         if "table" in needs:
             sub.add_argument("table", choices=["pretraining", "datasources", "attention"])
 
@@ -337,13 +357,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors of input, data, files and runs: a message says what to do, a traceback would not."""
+    from dropmae.analysis.training_log import TrainingLogError
+    from dropmae.data.extract import ExtractionError
+    from dropmae.engine.checkpoint import CheckpointError
+    from dropmae.engine.loop import NonFiniteLossError, RunLockedError
+    from dropmae.launch.submitit_launch import LaunchError
+
+    return (OSError, ValueError, ExtractionError, CheckpointError, NonFiniteLossError, RunLockedError, LaunchError,
+            TrainingLogError)
+
+
+def _error_message(error: BaseException) -> str:
+    import errno
+
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {error.filename}" if error.filename else ""
+        return f"disk full{where}: {error.strerror or error}. Free some space and rerun; finished work is kept"
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    if isinstance(error, (OSError, ValueError)) and not isinstance(error, ConfigError) \
+            and type(error).__module__ == "builtins":
+        return f"{type(error).__name__}: {error}"
+    return str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("DROPMAE_DEBUG") == "1"
     try:
         return args.handler(args)
     except ConfigError as error:
+        if debug:
+            raise
         print(f"dropmae: configuration error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interruption:
+        if debug:
+            raise
+        print("dropmae: interrupted; rerun the same command to resume", file=sys.stderr)
+        return getattr(interruption, "exit_code", 130)  # 128 + the signal, as a shell reports it
+    except _expected_errors() as error:
+        if debug:
+            raise
+        print(f"dropmae: error: {_error_message(error)} (--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

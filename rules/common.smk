@@ -22,6 +22,9 @@ except ConfigError as error:
     raise ValueError(f"invalid configuration (params.yaml and overlays): {error}") from None
 
 SOURCES = list(PARAMS.data.sources)
+if not SOURCES:  # every stage after the videos is per source
+    raise ValueError("invalid configuration (params.yaml and overlays): data.sources is empty; name at least "
+                     "one video source, e.g. data.sources.k400.videos: /path/to/kinetics400/train")
 FRAMES_MANIFEST = layout.frames_manifest(PARAMS)
 TABLE_OUTPUTS = [layout.table_csv(t) for t in layout.TABLES] + [
     layout.table_markdown(t) for t in layout.TABLES

@@ -20,6 +20,7 @@ from dropmae.config.loading import (
     deep_merge,
     load_config,
     parse_override,
+    read_config_file,
 )
 from dropmae.config.schema import json_schema
 from dropmae.config.sections import (
@@ -27,8 +28,10 @@ from dropmae.config.sections import (
     DEMO_VIDEOS,
     EXECUTORS,
     METHODS,
+    NAME_PATTERN,
     PAIR_INPUTS,
     PRECISIONS,
+    PRETRAIN_OPERATIONAL_KEYS,
     SEGMENTATION_FORMATS,
     STUDY_FIXED_PRETRAIN_KEYS,
     TRACKING_FORMATS,
@@ -61,13 +64,13 @@ from dropmae.config.sections import (
 from dropmae.config.validation import build_section, check_data_paths, validate
 
 __all__ = [
-    "DEMO_TRACKING_BENCHMARK", "DEMO_VIDEOS", "EXECUTORS", "METHODS", "PAIR_INPUTS", "PRECISIONS", "REPLACED_WHOLE",
+    "DEMO_TRACKING_BENCHMARK", "DEMO_VIDEOS", "EXECUTORS", "METHODS", "NAME_PATTERN", "PAIR_INPUTS", "PRECISIONS", "PRETRAIN_OPERATIONAL_KEYS", "REPLACED_WHOLE",
     "SEGMENTATION_FORMATS", "STUDY_FIXED_PRETRAIN_KEYS", "TRACKING_FORMATS",
     "AnalysisConfig", "AttentionStudyConfig", "Cell", "Config", "ConfigError", "DataConfig", "ExtractionConfig",
     "JobResources", "LauncherConfig", "ModelConfig", "PretrainConfig", "PretrainLaunchConfig", "PretrainOverrides",
     "ProbeConfig", "SegmentationBenchmark", "SegmentationConfig", "SegmentationEvalSet", "SegmentationTrainSet",
     "SourceConfig", "TrackingBenchmark", "TrackingConfig", "TrackingEvalSet", "TrackingTrainSet",
     "apply_presets", "apply_whole_replacements", "build_section", "check_data_paths", "config_from_dict",
-    "config_to_dict", "deep_merge", "json_schema", "load_config", "parse_override", "resolve_run",
+    "config_to_dict", "deep_merge", "json_schema", "load_config", "parse_override", "read_config_file", "resolve_run",
     "study_epochs", "study_pretrain", "tasks_per_node_of", "validate",
 ]

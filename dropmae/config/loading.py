@@ -82,10 +82,35 @@ def parse_override(assignment: str) -> dict:
     parts = dotted.strip().split(".")
     if not all(parts):
         raise ConfigError(f"override {assignment!r} has an empty key")
-    value: Any = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value: Any = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {assignment!r}: the value is not valid YAML "
+                          f"({str(error).splitlines()[0]}); e.g. pretrain.epochs=[400,800]") from None
     for part in reversed(parts):
         value = {part: value}
     return value
+
+
+def read_config_file(path: str | Path) -> dict:
+    """One YAML config file as a mapping; a missing, unreadable, empty or malformed file is a
+    ConfigError naming it (Snakefile calls this before Snakemake parses params.yaml itself)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        with path.open() as handle:  # a stream, so YAML's error marks name the file
+            loaded = yaml.safe_load(handle)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config file {path} cannot be read: {error}") from error
+    if loaded is None:  # an empty file would silently mean the defaults, with no data sources
+        raise ConfigError(f"config file {path} is empty; it must hold a mapping of sections "
+                          "(params.yaml: data.sources and the sections to change)")
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    return loaded
 
 
 def load_config(paths: list[str | Path] | str | Path, overrides: list[str] = ()) -> Config:
@@ -94,16 +119,10 @@ def load_config(paths: list[str | Path] | str | Path, overrides: list[str] = ())
         paths = [paths]
     values: dict = {}
     for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections")
-        values = deep_merge(values, loaded)
+        values = deep_merge(values, read_config_file(path))
     for assignment in overrides:
         values = deep_merge(values, parse_override(assignment))
+    if isinstance(values.get("data"), dict) and values["data"].get("sources") == {}:
+        raise ConfigError("data.sources: is empty; name at least one video source, e.g. "
+                          "data.sources.k400.videos: /path/to/kinetics400/train")
     return config_from_dict(values)

@@ -7,7 +7,7 @@ import types
 import typing
 from typing import Any
 
-from dropmae.config.sections import Config
+from dropmae.config.sections import NAME_PATTERN, Config
 
 
 def json_schema(cls: type = Config) -> dict:
@@ -35,7 +35,8 @@ def json_schema(cls: type = Config) -> dict:
         if origin is list:
             return {"type": "array", "items": schema_of(typing.get_args(tp)[0])}
         if origin is dict:
-            return {"type": "object", "additionalProperties": schema_of(typing.get_args(tp)[1])}
+            return {"type": "object", "propertyNames": {"pattern": NAME_PATTERN},
+                    "additionalProperties": schema_of(typing.get_args(tp)[1])}
         simple = {bool: "boolean", int: "integer", float: "number", str: "string"}
         if tp in simple:
             return {"type": simple[tp]}

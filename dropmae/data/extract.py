@@ -22,6 +22,8 @@ import shutil
 import stat
 import sys
 import tempfile
+import threading
+import time
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -37,11 +39,20 @@ from tqdm import tqdm
 from dropmae.data.manifest import FRAMES_DIR, MANIFEST_COLUMNS, MANIFEST_NAME, read_manifest, split_for
 from dropmae.data.packed import pack_frames
 from dropmae.data.video_index import VideoEntry, index_videos
+from dropmae.files import apply_umask
 
 STATUS_DIR = ".status"
 TMP_DIR = ".tmp"
 # Frames decoded per get_batch call: bounds memory (16 x 1080p RGB is about 100 MB).
 DECODE_CHUNK = 16
+# Verdicts on a video's own bytes: a rerun gives the same answer, so they are final. Every other
+# failure (unreadable: permission denied, error: no space left on device, crashed, timeout) may
+# have an outside cause that has since been fixed, and is retried on the next run.
+FINAL_FAILURES = ("missing", "empty", "not a video", "truncated", "corrupt", "single frame")
+TIMEOUT_REASON = "timeout"
+# The pool's own limit on top of each worker's: a worker whose watchdog could not end it (stuck
+# in the kernel) is killed when nothing at all has finished for video_timeout_s plus this.
+POOL_GRACE_S = 60.0
 
 
 class ExtractionError(RuntimeError):
@@ -59,6 +70,7 @@ class ExtractionSettings:
     max_bad_fraction: float = 0.1  # fail the run only if more than this share of videos is unusable
     val_fraction: float = 0.0  # share of videos marked split="val" by a stable hash of video_id
     pack: bool = False  # also pack the frames into shards + an index for training reads (dropmae.data.packed)
+    video_timeout_s: float = 600.0  # one video's decode is ended after this (reason "timeout")
 
     def validate(self) -> None:
         """Raise ValueError naming the first field out of range."""
@@ -70,6 +82,7 @@ class ExtractionSettings:
             "max_bad_fraction": 0.0 <= self.max_bad_fraction <= 1.0,
             "val_fraction": 0.0 <= self.val_fraction < 1.0,
             "pack": isinstance(self.pack, bool),
+            "video_timeout_s": isinstance(self.video_timeout_s, (int, float)) and 0 < self.video_timeout_s < float("inf"),
         }
         allowed = {
             "short_side": "a positive int or None",
@@ -79,6 +92,7 @@ class ExtractionSettings:
             "max_bad_fraction": "in [0, 1]",
             "val_fraction": "in [0, 1)",
             "pack": "true or false",
+            "video_timeout_s": "a positive number of seconds",
         }
         for field, ok in checks.items():
             if not ok:
@@ -237,14 +251,61 @@ def _write_frames(path: Path, reader, kept: list[int], settings: ExtractionSetti
     return size
 
 
+class _Watchdog:
+    """Ends this worker process when one video takes longer than ``timeout_s``, after writing the
+    video's record with reason "timeout". A decoder stuck inside C code (decord's get_batch can
+    hang forever on some files) cannot be interrupted from Python, so the process itself ends;
+    the pool then starts a fresh worker (see _extract_all)."""
+
+    def __init__(self, record: dict[str, Any], status_path: Path, timeout_s: float):
+        self._record, self._status_path, self._timeout_s = record, status_path, timeout_s
+        self._lock = threading.Lock()
+        self._finished = False
+        self._timer = threading.Timer(timeout_s, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "_Watchdog":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._timer.cancel()
+
+    def finish(self) -> bool:
+        """Claim the right to write the record; False once the watchdog has fired."""
+        with self._lock:
+            if self._finished:
+                return False
+            self._finished = True
+            return True
+
+    def _expire(self) -> None:
+        if not self.finish():
+            return
+        record = {**self._record, "status": "failed",
+                  "reason": f"{TIMEOUT_REASON}: decoding took longer than video_timeout_s={self._timeout_s:g} s"}
+        _write_json_atomic(self._status_path, record)
+        os._exit(1)  # the decoding thread cannot be stopped any other way
+
+
 def extract_one_video(entry: VideoEntry, out_dir: Path, settings: ExtractionSettings) -> dict[str, Any]:
     """Extract one video and write its status record; never raises for a bad video."""
     decord.logging.set_level(decord.logging.QUIET)  # ffmpeg noise; reasons go to the manifest
     record = _new_record(entry, settings)  # fingerprint taken before decoding starts
+    with _Watchdog(record, _status_path(out_dir, entry.video_id), settings.video_timeout_s) as watchdog:
+        record = _extract_video(entry, out_dir, settings, record)
+        if watchdog.finish():
+            _write_json_atomic(_status_path(out_dir, entry.video_id), record)
+    return record
+
+
+def _extract_video(entry: VideoEntry, out_dir: Path, settings: ExtractionSettings, record: dict[str, Any]) -> dict[str, Any]:
+    """Decode and write one video's frames; returns its record (not yet written)."""
     final_dir = out_dir / FRAMES_DIR / entry.video_id
     tmp_root = out_dir / TMP_DIR
     tmp_root.mkdir(parents=True, exist_ok=True)
     work_dir = Path(tempfile.mkdtemp(dir=tmp_root, prefix=entry.video_id.replace("/", "__") + "."))
+    apply_umask(work_dir)  # mkdtemp makes it 0700, and it becomes the video's frames folder
     try:
         reader = _open_video(entry.path)
         total = len(reader)
@@ -267,7 +328,6 @@ def extract_one_video(entry: VideoEntry, out_dir: Path, settings: ExtractionSett
         shutil.rmtree(work_dir, ignore_errors=True)
     if record["status"] == "failed":
         shutil.rmtree(final_dir, ignore_errors=True)
-    _write_json_atomic(_status_path(out_dir, entry.video_id), record)
     return record
 
 
@@ -290,10 +350,14 @@ def _is_up_to_date(record: dict[str, Any] | None, entry: VideoEntry, out_dir: Pa
         and record.get("source_size") == size
         and record.get("source_mtime_ns") == mtime_ns
         and record.get("settings") == settings.output_settings()
-        and (record.get("status") != "ok" or (out_dir / FRAMES_DIR / entry.video_id).is_dir())
-        # A dead worker may have had an outside cause (memory, a killed process): try again.
-        and not str(record.get("reason", "")).startswith("crashed")
+        and (record.get("status") == "ok" and (out_dir / FRAMES_DIR / entry.video_id).is_dir()
+             or is_final_failure(record))
     )
+
+
+def is_final_failure(record: dict[str, Any]) -> bool:
+    """A failure judged on the video's own bytes (FINAL_FAILURES), not retried by a rerun."""
+    return record.get("status") == "failed" and str(record.get("reason", "")).startswith(FINAL_FAILURES)
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -325,37 +389,58 @@ def _main_script_not_rerun():
         main.__file__ = path
 
 
-def _run_pool(todo: list[VideoEntry], out_dir: Path, settings: ExtractionSettings, bar: tqdm, workers: int) -> list[VideoEntry]:
-    """Extract ``todo`` in a process pool; if a worker process dies, returns the unfinished videos."""
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    # concurrent.futures has no public way to end a running task; its worker processes are the
+    # only handle on a decode that ignored its own watchdog.
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.kill()
+
+
+def _run_pool(todo: list[VideoEntry], out_dir: Path, settings: ExtractionSettings, bar: tqdm,
+              workers: int) -> tuple[list[VideoEntry], str]:
+    """Extract ``todo`` in a process pool; when a worker process dies or the pool stops answering,
+    returns the unfinished videos and why ("crashed" or "stalled"); ([], "") when all are done."""
     pending = deque(todo)
     in_flight: dict[Future, VideoEntry] = {}
+    # Each video ends within video_timeout_s (its watchdog), so some video must finish in that
+    # time plus a grace while any runs; never wait longer than that.
+    stall_limit = settings.video_timeout_s + POOL_GRACE_S
     with _main_script_not_rerun(), ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
         while pending or in_flight:
             # A bounded number in flight keeps the suspects few when a worker crashes.
             while pending and len(in_flight) < 2 * workers:
                 entry = pending.popleft()
                 in_flight[pool.submit(extract_one_video, entry, out_dir, settings)] = entry
-            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            done, _ = wait(in_flight, timeout=stall_limit, return_when=FIRST_COMPLETED)
+            if not done:
+                _kill_workers(pool)
+                return [*in_flight.values(), *pending], "stalled"
             for future in done:
                 entry = in_flight.pop(future)
                 try:
                     future.result()
                 except BrokenProcessPool:
-                    return [entry, *in_flight.values(), *pending]
+                    return [entry, *in_flight.values(), *pending], "crashed"
                 bar.update()
-    return []
+    return [], ""
 
 
 def _extract_all(todo: list[VideoEntry], out_dir: Path, settings: ExtractionSettings, bar: tqdm) -> None:
     """Run the pool; when a worker process dies, retry its suspects one at a time."""
     while todo:
-        left = _run_pool(todo, out_dir, settings, bar, settings.workers)
+        left, _ = _run_pool(todo, out_dir, settings, bar, settings.workers)
+        bar.update(sum(1 for entry in left if _load_record(out_dir, entry) is not None))  # e.g. timed out
         suspects = [entry for entry in left if _load_record(out_dir, entry) is None][: 2 * settings.workers]
         todo = [entry for entry in left if entry not in suspects and _load_record(out_dir, entry) is None]
         for entry in suspects:  # alone in a pool, a crash names its video
-            if _run_pool([entry], out_dir, settings, bar, 1):
-                reason = "crashed: decoding killed the worker process (e.g. a segfault in the decoder)"
+            unfinished, why = _run_pool([entry], out_dir, settings, bar, 1)
+            if unfinished and _load_record(out_dir, entry) is None:
+                reason = (f"{TIMEOUT_REASON}: the worker stopped answering for {settings.video_timeout_s:g} s + "
+                          f"{POOL_GRACE_S:g} s and was killed" if why == "stalled" else
+                          "crashed: decoding killed the worker process (e.g. a segfault in the decoder)")
                 _write_json_atomic(_status_path(out_dir, entry.video_id), _new_record(entry, settings, reason))
+                bar.update()
+            elif unfinished:  # its watchdog wrote "timeout" before the worker ended
                 bar.update()
 
 
@@ -402,8 +487,9 @@ def extract_frames(
     """Extract the frames of every video of ``source`` into ``out_dir``; returns the manifest.
 
     Bad videos are recorded as failed with a reason and skipped. Finished videos
-    (ok or failed) whose source size, mtime and output settings are unchanged are
-    not redone, so an interrupted run resumes. Raises ExtractionError after writing
+    (ok, or failed for a reason of the video's own bytes: FINAL_FAILURES) whose source
+    size, mtime and output settings are unchanged are not redone, so an interrupted run
+    resumes; other failures (permission, disk full, timeout, crash) are retried. Raises ExtractionError after writing
     the manifest if more than ``settings.max_bad_fraction`` of the videos failed.
     """
     settings.validate()

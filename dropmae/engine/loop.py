@@ -11,8 +11,11 @@ checkpoints live here once; a task only says what the model, data, optimiser and
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -24,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from dropmae.config import ConfigError
 from dropmae.data.pairs import seed_worker
 from dropmae.data.sampler import ResumableEpochSampler
 from dropmae.engine.checkpoint import (
@@ -33,6 +37,7 @@ from dropmae.engine.checkpoint import (
     capture_rng_state,
     epoch_checkpoint_name,
     load_checkpoint,
+    remove_stale_temporaries,
     restore_rng_state,
 )
 from dropmae.engine.distributed import DistributedContext, gather_objects
@@ -40,9 +45,16 @@ from dropmae.seeding import derive_seed
 
 METRICS_LOG = "log.jsonl"
 SUMMARY_FILE = "summary.json"
+# Held (flock) by the trainer writing a run folder, so two trainers cannot interleave checkpoints.
+RUN_LOCK = ".lock"
 # SIGTERM: SLURM preemption, scancel or scontrol requeue; SIGUSR1 / SIGUSR2: the warning SLURM
-# sends before a time limit (submitit asks for SIGUSR2).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+# sends before a time limit (submitit asks for SIGUSR2); SIGINT: Ctrl-C, and how submitit cancels
+# a local job. Each finishes the step, writes checkpoint-last and stops.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class RunLockedError(RuntimeError):
+    """Another trainer is writing the same run folder."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -112,6 +124,10 @@ class TrainingTask:
         """Extra plain-data fields stored in every checkpoint (config, run)."""
         return {}
 
+    def check_resumable(self, state: dict, path: Path) -> None:
+        """Raise ConfigError, naming what differs, when checkpoint ``state`` (read from ``path``)
+        was written by a run this one must not continue."""
+
 
 def default_device() -> torch.device:
     """The GPU when there is one, else the CPU: the one device choice of training, evaluation and analysis."""
@@ -159,6 +175,8 @@ class _StopRequest:
         return self
 
     def _handle(self, signum, _frame) -> None:
+        if signum == signal.SIGINT and self.signal_name == "SIGINT":
+            raise KeyboardInterrupt  # Ctrl-C twice: stop now, without waiting for the checkpoint
         self.signal_name = signal.Signals(signum).name
 
     def __exit__(self, *exc) -> None:
@@ -252,6 +270,10 @@ def resume(run: _Run) -> _Position:
     if not run.last_path.is_file():
         return _Position()
     state = load_checkpoint(run.last_path)
+    run.task.check_resumable(state, run.last_path)
+    if state["epoch"] > run.settings.epochs:
+        raise ConfigError(f"{run.last_path} has {state['epoch']} epochs done, more than the {run.settings.epochs} "
+                          "asked for: ask for at least as many, or give another output folder")
     run.task.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scaler.load_state_dict(state["scaler"])
@@ -295,6 +317,41 @@ def _training_model(model: torch.nn.Module, context: DistributedContext, device:
     return model
 
 
+def _init_loader_worker(worker_id: int) -> None:
+    # Ctrl-C reaches the loader's workers too; the main process stops the run (a checkpoint,
+    # then the workers are shut down), so a worker must not die of it first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    seed_worker(worker_id)
+
+
+@contextlib.contextmanager
+def run_folder_lock(output_dir: Path, enabled: bool = True):
+    """Hold an exclusive lock on ``output_dir`` (a lock file in it) while a trainer writes there."""
+    if not enabled:
+        yield
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / RUN_LOCK
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise RunLockedError(f"another trainer (process {holder}) is writing {output_dir}; wait for it to "
+                                 f"stop, or give another output folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock; the file stays (removing it would race a waiting trainer)
+
+
 def train_one_epoch(run: _Run, train_model: torch.nn.Module, position: _Position, autocast: Any,
                     stop: _StopRequest, stop_after_steps: int | None, bar: tqdm) -> _EpochResult:
     """Epoch ``position.epoch`` from step ``position.step`` on; ``position`` moves with every optimiser step.
@@ -313,7 +370,7 @@ def train_one_epoch(run: _Run, train_model: torch.nn.Module, position: _Position
         batch_size=s.batch_size,
         sampler=run.sampler,
         num_workers=s.num_workers,
-        worker_init_fn=seed_worker,
+        worker_init_fn=_init_loader_worker,
         collate_fn=task.collate_fn,
         # Worker base seeds come from this generator, not the global RNG, so
         # (re)starting a loader mid-epoch leaves the model's RNG stream alone.
@@ -416,8 +473,17 @@ def run_training(
     ``stop_after_steps`` ends the run after that many optimiser steps *of this call*,
     writing checkpoint-last as an interruption would (used to test exact resume).
     """
+    # One process per run folder writes it: the main rank holds the folder's lock.
+    with run_folder_lock(Path(output_dir), enabled=context.is_main):
+        return _run_training(task, settings, Path(output_dir), context, device, stop_after_steps, progress)
+
+
+def _run_training(task: TrainingTask, settings: LoopSettings, output_dir: Path, context: DistributedContext,
+                  device: torch.device, stop_after_steps: int | None, progress: bool) -> TrainingOutcome:
     s = settings
-    run = _prepare(task, settings, Path(output_dir), context, device)
+    if context.is_main:  # the folder's lock is held: a temporary file here is a killed writer's
+        remove_stale_temporaries(output_dir)
+    run = _prepare(task, settings, output_dir, context, device)
     position = resume(run)
     train_model = _training_model(task.model, context, device, s.compile)
     if context.is_main and position.epoch == 0 and position.step == 0:

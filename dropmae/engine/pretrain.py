@@ -14,7 +14,7 @@ import torch
 from timm.optim import param_groups_weight_decay
 from torch.utils.data import Dataset
 
-from dropmae.config import Cell, Config, config_from_dict, config_to_dict
+from dropmae.config import PRETRAIN_OPERATIONAL_KEYS, Cell, Config, ConfigError, config_from_dict, config_to_dict
 from dropmae.data.device_decode import EncodedPairBatch, collate_encoded, decode_pairs
 from dropmae.data.pairs import FramePairDataset, PackedFramePairDataset, VideoFramePairDataset, normalize_frames
 from dropmae.engine.checkpoint import load_checkpoint
@@ -34,6 +34,30 @@ from dropmae.engine.loop import (  # noqa: F401  (re-exported: the pretraining A
 from dropmae.engine.schedule import learning_rate_at, scaled_learning_rate
 from dropmae.models.dropmae import DropMAE
 from dropmae.seeding import derive_seed
+
+
+def training_signature(config: Config, run: Cell) -> dict:
+    """What a pretraining run's weights depend on, besides its data: the method, the epoch budget
+    (the lr schedule spans it), the model and every pretrain key that is not operational."""
+    values = config_to_dict(config)
+    return {"method": run.method, "epochs": run.epochs, "model": values["model"],
+            "pretrain": {k: v for k, v in values["pretrain"].items() if k not in PRETRAIN_OPERATIONAL_KEYS}}
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        flat.update(_flatten(value, name + ".") if isinstance(value, dict) else {name: value})
+    return flat
+
+
+def signature_differences(written: dict, wanted: dict) -> list[str]:
+    """'key (checkpoint X, this run Y)' for every key whose value differs."""
+    old, new = _flatten(written), _flatten(wanted)
+    missing = "(not set)"
+    return [f"{key} (checkpoint {old.get(key, missing)!r}, this run {new.get(key, missing)!r})"
+            for key in sorted(old.keys() | new.keys()) if old.get(key, missing) != new.get(key, missing)]
 
 
 def build_model(config: Config, run: Cell) -> DropMAE:
@@ -131,6 +155,19 @@ class PretrainTask(TrainingTask):
 
     def checkpoint_fields(self) -> dict:
         return {"config": config_to_dict(self.config), "run": asdict(self.run)}
+
+    def check_resumable(self, state: dict, path: Path) -> None:
+        """A checkpoint of another method, epoch budget or recipe is not continued under this one."""
+        try:
+            written = training_signature(config_from_dict(state["config"]), Cell(**state["run"]))
+        except (ConfigError, KeyError, TypeError) as error:
+            raise ConfigError(f"{path} was not written by this version's pretraining ({error}); move it aside "
+                              "to start over, or give another output folder") from None
+        differences = signature_differences(written, training_signature(self.config, self.run))
+        if differences:
+            raise ConfigError(f"{path} belongs to another run; it differs in " + "; ".join(differences)
+                              + ". Use the checkpoint's settings to resume it, or give another output folder "
+                              "(or move it aside) to start over")
 
 
 def pretrain(

@@ -13,6 +13,7 @@ Preemption paths:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -250,6 +251,30 @@ def _recorded_job(folder: Path, executor_kind: str, num_tasks: int) -> submitit.
     return submitit.SlurmJob(folder=folder, job_id=job_id, tasks=tuple(range(num_tasks)))
 
 
+class _WaiterTerminated(KeyboardInterrupt):
+    """SIGTERM reached the waiter (kill, a CI timeout, dvc or Snakemake stopping)."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _sigterm_as_keyboard_interrupt():
+    """SIGTERM ends the waiter like Ctrl-C: its local job is cancelled instead of orphaned (a rerun
+    would otherwise start a second trainer beside it)."""
+    def handle(signum, _frame):
+        raise _WaiterTerminated(signal.Signals(signum).name)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handle)
+    except ValueError:  # not the main thread: leave the signal alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def launch_training(config: Config, job_callable: TrainingJob, output_dir: str | Path, name: str,
                     report: Callable[[str], None] = print, poll_s: float = 5.0) -> dict:
     """Run one training job through submitit and wait for it; returns the job's summary.
@@ -273,7 +298,8 @@ def launch_training(config: Config, job_callable: TrainingJob, output_dir: str |
                                                      "submitted": started}) + "\n")
         report(f"submitted {launcher.executor} job {job.job_id} for {name} ({num_tasks} task(s)); logs in {folder}")
     try:
-        result = wait_for_result(job, launcher.executor, poll_s=poll_s, report=report)
+        with _sigterm_as_keyboard_interrupt():
+            result = wait_for_result(job, launcher.executor, poll_s=poll_s, report=report)
     except KeyboardInterrupt:
         if launcher.executor == "local":
             job.cancel()  # a local job dies with its waiter; it resumes from its checkpoint next time

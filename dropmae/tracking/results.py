@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dropmae.files import apply_umask
 from dropmae.tracking.datasets import TrackingDataError, read_box_file
 
 BOX_FORMAT = "%.4f"  # 1e-4 px: far below any IoU / centre-error resolution the metrics use
@@ -92,6 +93,7 @@ def _atomic_savetxt(path: Path, values: np.ndarray, fmt: str, delimiter: str = "
     # The leading dot keeps a leftover temporary file out of the toolkit's '<seq>_[0-9]*.txt' glob.
     handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        apply_umask(tmp_name)  # mkstemp makes it 0600
         with os.fdopen(handle, "w") as f:
             np.savetxt(f, values, fmt=fmt, delimiter=delimiter)
             f.flush()

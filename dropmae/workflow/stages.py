@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dropmae.config import Config, config_from_dict, config_to_dict
+from dropmae.config import PRETRAIN_OPERATIONAL_KEYS, Config, config_from_dict, config_to_dict
 from dropmae.engine.checkpoint import LAST_CHECKPOINT, atomic_torch_save, load_checkpoint
 from dropmae.engine.loop import default_device
 from dropmae.workflow import layout
@@ -27,9 +27,9 @@ PRETRAINED_MODEL_KEYS = ("model", "config", "run", "epoch", "global_step")
 # Settings that change how a run is executed or logged but not what it computes; a checkpoint
 # written under other values of these is resumed as it is.
 OPERATIONAL_KEYS = {
-    "pretrain": {"methods", "epochs", "num_workers", "keep_epochs", "checkpoint_every_steps", "log_every_steps",
-                 "compile"},
-    "data.extraction": {"workers", "max_bad_fraction", "pack"},  # a pack holds the same bytes as the frames
+    "pretrain": PRETRAIN_OPERATIONAL_KEYS,
+    # a pack holds the same bytes as the frames; a video that times out is retried on the next run
+    "data.extraction": {"workers", "max_bad_fraction", "pack", "video_timeout_s"},
 }
 
 # The analysis settings an analyse job depends on (rule params and dvc.yaml params).
