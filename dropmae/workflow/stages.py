@@ -18,6 +18,7 @@ import torch
 from dropmae.config import Config, config_from_dict, config_to_dict
 from dropmae.engine.checkpoint import LAST_CHECKPOINT, atomic_torch_save, load_checkpoint
 from dropmae.engine.loop import default_device
+from dropmae.progress import track
 from dropmae.workflow import layout
 from dropmae.workflow.layout import Cell, RandomInit, ensure_parent, frames_dir
 
@@ -331,7 +332,7 @@ def evaluate_tracker_stage(config: Config, tracker: str, benchmark: str, model_p
         online = DropTracker(model, settings, device)
         run = lambda sequence: run_sequence(online, sequence)  # noqa: E731
     frames = 0
-    for sequence in sequences:
+    for sequence in track(sequences, desc=f"track {tracker} on {benchmark} ({split})", unit="sequence"):
         boxes, times = run(sequence)
         write_result(bench.format, raw_dir, sequence.name, boxes, times)
         frames += len(boxes)
