@@ -17,9 +17,11 @@ include: "rules/analysis.smk"
 include: "rules/tracking.smk"
 include: "rules/segmentation.smk"
 include: "rules/tables.smk"
+include: "rules/figures.smk"
 
 
 rule all:
     default_target: True
     input:
         TABLE_OUTPUTS,
+        FIGURE_OUTPUTS,

@@ -165,3 +165,19 @@ def table_inputs(table):
     if probe:
         inputs["probe"] = probe
     return inputs
+
+
+def tracking_curve_inputs(wildcards):
+    """Every table tracker's scores on the benchmark (rule tracking_curves)."""
+    return [
+        layout.TRACKING.paths(layout.TRACKING_METRICS, name, wildcards.benchmark)
+        for name in layout.curve_trackers(PARAMS)
+    ]
+
+
+def segmentation_sequence_inputs(wildcards):
+    """Every table segmenter's scores on the benchmark (rule segmentation_sequences)."""
+    return [
+        layout.SEGMENTATION.paths(layout.SEGMENTATION_METRICS, name, wildcards.benchmark)
+        for name in layout.curve_segmenters(PARAMS)
+    ]

@@ -12,6 +12,8 @@ rule finetune_segmenter:
     output:
         model=layout.SEGMENTER_MODEL,
         summary=layout.SEGMENTER_SUMMARY,
+        loss=layout.training_curve(layout.SEGMENTER_RUN, "loss"),
+        lr=layout.training_curve(layout.SEGMENTER_RUN, "lr"),
     log:
         layout.log_path("finetune_segmenter", "{segmenter}"),
     params:

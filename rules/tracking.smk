@@ -27,6 +27,8 @@ rule finetune_tracker:
     output:
         model=layout.TRACKER_MODEL,
         summary=layout.TRACKER_SUMMARY,
+        loss=layout.training_curve(layout.TRACKER_RUN, "loss"),
+        lr=layout.training_curve(layout.TRACKER_RUN, "lr"),
     log:
         layout.log_path("finetune_tracker", "{tracker}"),
     params:

@@ -378,9 +378,10 @@ def test_snakemake_and_dvc_declare_the_same_stages(agreement_repo):
     # videos, frames, pretrain + analyse per cell, 3 tables; demo benchmark, a tracker and a segmenter
     # per cell, per random init and from scratch, each evaluated on the demo benchmark, plus the
     # first-frame-box and first-frame-mask baselines; the probe per cell and per random init; the
-    # attention study (studies/dvc.yaml).
+    # attention study (studies/dvc.yaml); the tracking curves and the per-sequence J&F of the benchmark.
     assert len(dvc) == len(jobs) == (1 + 2 + 2 * cells + controls + 3 + 1
-                                     + 2 * ((cells + controls + 1) + (cells + controls + 2)) + cells + controls + 1)
+                                     + 2 * ((cells + controls + 1) + (cells + controls + 2)) + cells + controls + 1
+                                     + 2)
     # DVC needs one stage per kind of input; Snakemake has one rule with an input function.
     rule_of = {"finetune_tracker_scratch": "finetune_tracker", "evaluate_tracker_scratch": "evaluate_tracker",
                "evaluate_first_box": "evaluate_tracker", "finetune_segmenter_scratch": "finetune_segmenter",
@@ -452,6 +453,8 @@ STAGE_ENTRY_POINTS = {
     "stage finetune-segmenter": ["dropmae.workflow.stages.finetune_segmenter_stage"],
     "stage evaluate-segmenter": ["dropmae.workflow.stages.evaluate_segmenter_stage"],
     "stage probe": ["dropmae.workflow.stages.probe_stage"],
+    "stage tracking-curves": ["dropmae.workflow.stages.tracking_curves_stage"],
+    "stage segmentation-sequences": ["dropmae.workflow.stages.segmentation_sequences_stage"],
     "attention-study": ["dropmae.analysis.attention_study.run_attention_study"],
 }
 

@@ -36,6 +36,7 @@ from dropmae.engine.checkpoint import (
     load_checkpoint,
     restore_rng_state,
 )
+from dropmae.engine.curves import write_training_curves
 from dropmae.engine.distributed import DistributedContext, gather_objects
 from dropmae.progress import emit, format_duration, stdout_is_terminal
 from dropmae.seeding import derive_seed
@@ -486,6 +487,8 @@ def run_training(
         run.log.write(event="start", **task.start_record(), steps_per_epoch=run.steps_per_epoch,
                       samples=len(task.dataset), world_size=context.world_size)
     if position.epoch >= s.epochs:
+        if context.is_main and run.log.path.is_file():
+            write_training_curves(run.log.path, run.output_dir)
         return TrainingOutcome("completed", position.epoch, position.global_step, run.last_path, None)
 
     amp_dtype = autocast_dtype(s.precision, device)
@@ -515,6 +518,7 @@ def run_training(
                    "global_step": position.global_step, "final_loss": position.last_loss,
                    "checkpoint": str(run.last_path)}
         (run.output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        write_training_curves(run.log.path, run.output_dir)
         emit(f"{task.name}: finished {position.global_step} steps, last loss {position.last_loss}, "
              f"in {format_duration(time.monotonic() - reporter.started)}; wrote {run.last_path}")
     return TrainingOutcome("completed", s.epochs, position.global_step, run.last_path, position.last_loss)

@@ -314,7 +314,7 @@ def evaluate_tracker_stage(config: Config, tracker: str, benchmark: str, model_p
     """Run one tracker over a benchmark split, write official-format results, score them where the
     split has ground truth, and plot the success curve."""
     from dropmae.tracking.datasets import read_benchmark
-    from dropmae.tracking.metrics import evaluate_got10k, evaluate_ope, save_success_plot
+    from dropmae.tracking.metrics import OPE_CENTER_THRESHOLDS, evaluate_got10k, evaluate_ope, save_success_plot
     from dropmae.tracking.tracker import DropTracker, TrackerSettings, run_first_box_baseline, run_sequence, write_result
     from dropmae.tracking.train import load_finetuned_tracker
 
@@ -349,6 +349,9 @@ def evaluate_tracker_stage(config: Config, tracker: str, benchmark: str, model_p
         curve = scores.pop("success_curve")
         metrics.update({k: v for k, v in scores.items() if not isinstance(v, (dict, list))})
         metrics["success_curve"] = [float(v) for v in curve]
+        # Centre-error precision over 0..50 px (OTB / LaSOT; computed for GOT-10k too), for the precision plot.
+        metrics["precision_curve"] = [float(v) for v in scores["precision_curve"]]
+        metrics["precision_thresholds"] = OPE_CENTER_THRESHOLDS.tolist()
         headline = scores.get("ao", scores.get("auc"))
         save_success_plot({tracker: (np.linspace(0, 1, len(curve)), np.asarray(curve))}, ensure_parent(plot_path),
                           f"{benchmark} ({split}): {tracker}")
@@ -481,3 +484,18 @@ def probe_stage(config: Config, cell: Cell | RandomInit, benchmark: str, model_p
                      "checkpoint": str(model_path), "checkpoint_sha256": sha256_of(model_path)}
     return _write_scored(metrics, sequences, raw_dir, metrics_path, overlay_path,
                          f"probe {cell.name} on {benchmark} ({split})", report)
+
+
+# ----------------------------------------------------------------------------- comparison figures
+def tracking_curves_stage(config: Config, benchmark: str, outputs: dict[str, str]) -> None:
+    """Every table tracker's success and precision curves on one benchmark: CSVs for DVC and the two figures."""
+    from dropmae.workflow.figures import tracking_curves
+
+    tracking_curves(config, benchmark, outputs)
+
+
+def segmentation_sequences_stage(config: Config, benchmark: str, outputs: dict[str, str]) -> None:
+    """Every table segmenter's J&F per sequence of one benchmark: the CSV and the bar chart."""
+    from dropmae.workflow.figures import segmentation_sequences
+
+    segmentation_sequences(config, benchmark, outputs)
