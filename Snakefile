@@ -10,6 +10,10 @@ min_version("9.0")
 configfile: "params.yaml"
 
 
+# `snakemake --report report.html`: every table and figure marked with report() in rules/*.smk.
+report: "rules/report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/pretrain.smk"

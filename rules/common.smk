@@ -181,3 +181,9 @@ def segmentation_sequence_inputs(wildcards):
         layout.SEGMENTATION.paths(layout.SEGMENTATION_METRICS, name, wildcards.benchmark)
         for name in layout.curve_segmenters(PARAMS)
     ]
+
+
+def training_curve_inputs(wildcards):
+    """The loss.csv and lr.csv of every table run of one kind (rule training_curves)."""
+    runs = layout.training_curve_runs(PARAMS)[wildcards.kind].values()
+    return [f"{run}/{name}" for run in runs for name in ("loss.csv", "lr.csv")]

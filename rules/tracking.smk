@@ -48,7 +48,12 @@ rule evaluate_tracker:
         unpack(evaluate_inputs(layout.TRACKING)),
     output:
         metrics=layout.TRACKING_METRICS,
-        plot=layout.TRACKING_PLOT,
+        plot=report(
+            layout.TRACKING_PLOT,
+            caption="report/tracker_success.rst",
+            category="3 Tracking",
+            subcategory="{benchmark}: each tracker",
+        ),
         raw=directory(layout.TRACKING_RAW),
     log:
         layout.log_path("evaluate_tracker", "{tracker}/{benchmark}"),

@@ -73,3 +73,17 @@ def test_segmentation_sequences_average_objects_per_sequence(config):
     assert (first.j, first.f, first.jf) == pytest.approx((0.3, 0.7, 0.5))
     assert pd.read_csv(outputs["csv"]).shape == frame.shape
     assert Path(outputs["plot"]).stat().st_size > 10_000
+
+
+def test_training_curves_figure_draws_every_table_run_of_a_kind(config):
+    runs = layout.training_curve_runs(config)
+    assert list(runs) == ["pretraining", "tracking", "segmentation"]
+    assert list(runs["tracking"]) == ["scratch", "demo/random_init", "demo/twinmae_ep1", "demo/dropmae_ep1"]
+    assert runs["pretraining"]["demo/dropmae_ep1"] == "runs/pretrain/demo/dropmae_ep1"
+    for rank, run_dir in enumerate(runs["tracking"].values()):
+        Path(run_dir).mkdir(parents=True)
+        steps = np.arange(1, 11)
+        pd.DataFrame({"step": steps, "loss": 2.0 / (steps + rank)}).to_csv(Path(run_dir) / "loss.csv", index=False)
+        pd.DataFrame({"step": steps, "lr": 1e-4}).to_csv(Path(run_dir) / "lr.csv", index=False)
+    path = figures.training_curves_figure(runs["tracking"], "curves.png", "tracking")
+    assert path.stat().st_size > 10_000

@@ -116,6 +116,37 @@ def test_the_dag_builds_every_table_from_cell_results(demo_dag):
     assert (attention["within_frame"] + attention["between_frame"]).round(5).eq(1.0).all()
 
 
+def test_the_dag_draws_the_comparison_figures_and_training_curves(demo_dag):
+    """Per benchmark: every table tracker's success and precision curves (CSV, one line per tracker,
+    and the two plots) and every segmenter's J&F per sequence; per run: loss.csv and lr.csv."""
+    success = pd.read_csv(demo_dag / layout.tracking_curves_outputs("demo")["success"])
+    assert success["tracker"].nunique() == 5 and len(success) == 5 * 101
+    precision = pd.read_csv(demo_dag / layout.tracking_curves_outputs("demo")["precision"])
+    assert precision["threshold"].max() == 50 and precision["precision"].between(0, 1).all()
+    for role in ("success_plot", "precision_plot"):
+        assert (demo_dag / layout.tracking_curves_outputs("demo")[role]).stat().st_size > 10_000
+    per_sequence = pd.read_csv(demo_dag / layout.segmentation_sequences_outputs("demo")["csv"])
+    assert per_sequence["segmenter"].nunique() == 5 and per_sequence["jf"].between(0, 1).all()
+    for run_dir in ("runs/pretrain/demo/dropmae_ep1", "runs/track/scratch", "runs/segment/demo/twinmae_ep1"):
+        loss = pd.read_csv(demo_dag / run_dir / "loss.csv")
+        assert list(loss.columns) == ["step", "loss"] and len(loss) > 0 and loss["step"].is_monotonic_increasing
+
+
+def test_the_report_holds_every_table_and_figure_with_its_caption(demo_dag):
+    result = snakemake(demo_dag, "--report", "report.html", configfiles=["tiny.yaml"])
+    html = (demo_dag / "report.html").read_text()
+    assert "DropMAE workbench: TwinMAE / DropMAE pretraining" in html, result.stderr[-2000:]
+    for category in ("2 Analysis", "3 Tracking", "4 Segmentation", "5 Probe", "6 Tables"):
+        assert category in html
+    curves = layout.tracking_curves_outputs("demo")
+    for path in (layout.ATTENTION_PLOT, curves["success_plot"], curves["precision_plot"],
+                 layout.segmentation_sequences_outputs("demo")["plot"], layout.table_csv("pretraining"),
+                 "results/cells/demo/dropmae_ep1/temporal_matching.png",
+                 layout.TRACKING.paths(layout.TRACKING_PLOT, "first_box", "demo")):
+        assert Path(path).name in html, f"{path} is not in the report"
+    assert "Success plot on demo" in html and "Precision plot on demo" in html  # the captions
+
+
 def test_pretraining_went_through_submitit(demo_dag):
     summary = json.loads((demo_dag / "runs/pretrain/demo/dropmae_ep1/run.json").read_text())
     assert summary["executor"] == "local" and summary["status"] == "completed"

@@ -5,6 +5,7 @@
   plot each, as the got10k toolkit's and pytracking's analysis draw them, and the curves as
   long CSVs (threshold, tracker, rate) that DVC plots with one line per tracker.
 - Segmentation: J&F of every segmenter per sequence, as a CSV and a grouped bar chart.
+- Training: every run's loss and lr against the step (from its loss.csv and lr.csv), per kind.
 """
 
 from __future__ import annotations
@@ -135,6 +136,32 @@ def save_sequence_bars(frame: pd.DataFrame, path: str | Path, title: str) -> Pat
     axis.grid(axis="y", alpha=0.3)
     axis.set_axisbelow(True)
     figure.legend(loc="outside lower center", ncol=min(len(segmenters), 3), fontsize=7.5)
+    path = layout.ensure_parent(path)
+    figure.savefig(path, dpi=150)
+    return path
+
+
+def training_curves_figure(runs: dict[str, str | Path], path: str | Path, title: str) -> Path:
+    """Loss (log scale) and lr against the optimiser step of every run ({model name: run folder with
+    loss.csv and lr.csv}), one line per run, in two panels."""
+    from matplotlib.figure import Figure
+
+    from dropmae.engine.curves import LOSS_CURVE, LR_CURVE
+
+    figure = Figure(figsize=(10.0, 4.0), layout="constrained")
+    loss_axis, lr_axis = figure.subplots(1, 2)
+    for name, run_dir in runs.items():
+        label = model_label(name)
+        loss = pd.read_csv(Path(run_dir) / LOSS_CURVE)
+        lr = pd.read_csv(Path(run_dir) / LR_CURVE)
+        loss_axis.plot(loss["step"], loss["loss"], label=label)
+        lr_axis.plot(lr["step"], lr["lr"], label=label)
+    loss_axis.set(xlabel="optimiser step", ylabel="training loss", yscale="log", title="loss")
+    lr_axis.set(xlabel="optimiser step", ylabel="learning rate", title="learning rate (head / base group)")
+    for axis in (loss_axis, lr_axis):
+        axis.grid(alpha=0.3)
+    figure.suptitle(title)
+    figure.legend(*loss_axis.get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=7.5)
     path = layout.ensure_parent(path)
     figure.savefig(path, dpi=150)
     return path

@@ -325,3 +325,20 @@ def curve_segmenters(config: Config) -> list[str]:
     """The segmenters a benchmark's per-sequence chart compares: those of the pretraining and data-sources tables."""
     names = SEGMENTATION.table_models(config, "pretraining") + SEGMENTATION.table_models(config, "datasources")
     return list(dict.fromkeys(names))
+
+
+# Per kind of training (pretraining, tracking, segmentation): every table run's loss and lr against
+# the step in one figure, for the report (DVC plots the runs' loss.csv / lr.csv themselves).
+TRAINING_CURVES_FIGURE = "results/training_curves/{kind}.png"
+
+
+def training_curve_runs(config: Config) -> dict[str, dict[str, str]]:
+    """{kind: {model name: run folder}} of the runs the tables show, for the kinds that have any."""
+    cells = list(dict.fromkeys(table_cells(config, "pretraining") + table_cells(config, "datasources")))
+    runs = {"pretraining": {cell.name: cell.paths(RUN_DIR) for cell in cells}}
+    for task, names in ((TRACKING, curve_trackers(config)), (SEGMENTATION, curve_segmenters(config))):
+        trained = [name for name in names if name != task.trivial]
+        if trained:
+            run_template = task.model.rsplit("/", 1)[0]
+            runs[task.section] = {name: task.paths(run_template, name) for name in trained}
+    return runs

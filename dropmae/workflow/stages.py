@@ -499,3 +499,11 @@ def segmentation_sequences_stage(config: Config, benchmark: str, outputs: dict[s
     from dropmae.workflow.figures import segmentation_sequences
 
     segmentation_sequences(config, benchmark, outputs)
+
+
+def training_curves_stage(config: Config, kind: str, figure_path: str | Path) -> None:
+    """Every table run of one kind (pretraining, tracking, segmentation): loss and lr per step in one figure."""
+    from dropmae.workflow.figures import training_curves_figure
+
+    runs = layout.training_curve_runs(config)[kind]
+    training_curves_figure(runs, figure_path, f"{kind}: every run of the tables")
