@@ -49,7 +49,8 @@ def demo_dag(tmp_path_factory, demo_tree) -> Path:
     repo = copy_repository(tmp_path_factory.mktemp("dag") / "repo")
     seed_demo_videos(repo, demo_tree)
     write_yaml(repo / "tiny.yaml", with_segmentation(with_tracking(TINY_OVERLAY)))
-    snakemake(repo, "--profile", "profiles/local", "--cores", "2", configfiles=["tiny.yaml"])
+    # About 40 jobs, each a fresh Python process: on a 2-core machine shared with other work, over 10 minutes.
+    snakemake(repo, "--profile", "profiles/local", "--cores", "2", configfiles=["tiny.yaml"], timeout=1500)
     return repo
 
 
@@ -136,13 +137,14 @@ def test_the_report_holds_every_table_and_figure_with_its_caption(demo_dag):
     result = snakemake(demo_dag, "--report", "report.html", configfiles=["tiny.yaml"])
     html = (demo_dag / "report.html").read_text()
     assert "DropMAE workbench: TwinMAE / DropMAE pretraining" in html, result.stderr[-2000:]
-    for category in ("2 Analysis", "3 Tracking", "4 Segmentation", "5 Probe", "6 Tables"):
+    for category in ("1 Training", "2 Analysis", "3 Tracking", "4 Segmentation", "5 Probe", "6 Tables"):
         assert category in html
     curves = layout.tracking_curves_outputs("demo")
     for path in (layout.ATTENTION_PLOT, curves["success_plot"], curves["precision_plot"],
                  layout.segmentation_sequences_outputs("demo")["plot"], layout.table_csv("pretraining"),
                  "results/cells/demo/dropmae_ep1/temporal_matching.png",
-                 layout.TRACKING.paths(layout.TRACKING_PLOT, "first_box", "demo")):
+                 layout.TRACKING.paths(layout.TRACKING_PLOT, "first_box", "demo"),
+                 layout.TRAINING_CURVES_FIGURE.format(kind="segmentation")):
         assert Path(path).name in html, f"{path} is not in the report"
     assert "Success plot on demo" in html and "Precision plot on demo" in html  # the captions
 
