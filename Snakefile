@@ -20,6 +20,10 @@ except ConfigError as error:
 configfile: "params.yaml"
 
 
+# `snakemake --report report.html`: every table and figure marked with report() in rules/*.smk.
+report: "rules/report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/pretrain.smk"
@@ -27,9 +31,11 @@ include: "rules/analysis.smk"
 include: "rules/tracking.smk"
 include: "rules/segmentation.smk"
 include: "rules/tables.smk"
+include: "rules/figures.smk"
 
 
 rule all:
     default_target: True
     input:
         TABLE_OUTPUTS,
+        FIGURE_OUTPUTS,

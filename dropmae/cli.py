@@ -134,6 +134,14 @@ def cmd_stage(args) -> int:
                    "layers": layout.ATTENTION_LAYERS, "plot": layout.ATTENTION_PLOT}
         tables.build_table(config, args.table, outputs)
         return 0
+    if args.stage == "tracking-curves":
+        _require_benchmark(config, "tracking", args.benchmark)
+        stages.tracking_curves_stage(config, args.benchmark, layout.tracking_curves_outputs(args.benchmark))
+        return 0
+    if args.stage == "segmentation-sequences":
+        _require_benchmark(config, "segmentation", args.benchmark)
+        stages.segmentation_sequences_stage(config, args.benchmark, layout.segmentation_sequences_outputs(args.benchmark))
+        return 0
     if args.source not in config.data.sources:
         raise ConfigError(f"data.sources has no source {args.source!r}; configured: {sorted(config.data.sources)}")
     if args.stage == "random-init":  # reads no data
@@ -307,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                         ("pretrain", ("source", "cell")), ("analyse", ("source", "cell")), ("table", ("table",)),
                         ("demo-benchmark", ()), ("finetune-tracker", ("tracker",)),
                         ("evaluate-tracker", ("tracker", "benchmark")), ("finetune-segmenter", ("segmenter",)),
-                        ("evaluate-segmenter", ("segmenter", "benchmark")), ("probe", ("probe_cell", "benchmark"))):
+                        ("evaluate-segmenter", ("segmenter", "benchmark")), ("probe", ("probe_cell", "benchmark")),
+                        ("tracking-curves", ("benchmark",)), ("segmentation-sequences", ("benchmark",))):
         sub = stage_kinds.add_parser(name)
         _add_config_arguments(sub)
         # Not required by argparse: under `dvc repro` they come from DVC_STAGE (dvc_stage.py);
@@ -333,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--cell",
                              help="<source>/<method>_ep<epochs> (a pretraining cell) or <source>/random_init")
         if "benchmark" in needs:
-            section = "segmentation" if name.endswith(("segmenter", "probe")) else "tracking"
+            section = "segmentation" if name.endswith(("segmenter", "probe")) or name.startswith("segmentation") \
+                else "tracking"
             sub.add_argument("--benchmark", help=f"a name from {section}.evaluate")
         if "table" in needs:
             sub.add_argument("table", choices=["pretraining", "datasources", "attention"])

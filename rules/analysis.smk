@@ -10,8 +10,18 @@ rule analyse:
     output:
         metrics=layout.CELL_METRICS,
         attention=layout.CELL_ATTENTION,
-        reconstruction=layout.CELL_RECONSTRUCTION,
-        temporal_matching=layout.CELL_TEMPORAL_MATCHING,
+        reconstruction=report(
+            layout.CELL_RECONSTRUCTION,
+            caption="report/reconstruction.rst",
+            category="2 Analysis",
+            subcategory="{source}/{method}_ep{epochs}",
+        ),
+        temporal_matching=report(
+            layout.CELL_TEMPORAL_MATCHING,
+            caption="report/temporal_matching.rst",
+            category="2 Analysis",
+            subcategory="{source}/{method}_ep{epochs}",
+        ),
     log:
         layout.log_path("analyse", "{source}/{method}_ep{epochs}"),
     params:

@@ -168,3 +168,25 @@ def table_inputs(table):
     if probe:
         inputs["probe"] = probe
     return inputs
+
+
+def tracking_curve_inputs(wildcards):
+    """Every table tracker's scores on the benchmark (rule tracking_curves)."""
+    return [
+        layout.TRACKING.paths(layout.TRACKING_METRICS, name, wildcards.benchmark)
+        for name in layout.curve_trackers(PARAMS)
+    ]
+
+
+def segmentation_sequence_inputs(wildcards):
+    """Every table segmenter's scores on the benchmark (rule segmentation_sequences)."""
+    return [
+        layout.SEGMENTATION.paths(layout.SEGMENTATION_METRICS, name, wildcards.benchmark)
+        for name in layout.curve_segmenters(PARAMS)
+    ]
+
+
+def training_curve_inputs(wildcards):
+    """The loss.csv and lr.csv of every table run of one kind (rule training_curves)."""
+    runs = layout.training_curve_runs(PARAMS)[wildcards.kind].values()
+    return [f"{run}/{name}" for run in runs for name in ("loss.csv", "lr.csv")]

@@ -11,6 +11,8 @@ rule pretrain:
     output:
         model=layout.MODEL,
         summary=layout.RUN_SUMMARY,
+        loss=layout.training_curve(layout.RUN_DIR, "loss"),
+        lr=layout.training_curve(layout.RUN_DIR, "lr"),
     log:
         layout.log_path("pretrain", "{source}/{method}_ep{epochs}"),
     params:

@@ -12,6 +12,8 @@ rule finetune_segmenter:
     output:
         model=layout.SEGMENTER_MODEL,
         summary=layout.SEGMENTER_SUMMARY,
+        loss=layout.training_curve(layout.SEGMENTER_RUN, "loss"),
+        lr=layout.training_curve(layout.SEGMENTER_RUN, "lr"),
     log:
         layout.log_path("finetune_segmenter", "{segmenter}"),
     params:
@@ -31,7 +33,12 @@ rule evaluate_segmenter:
         unpack(evaluate_inputs(layout.SEGMENTATION)),
     output:
         metrics=layout.SEGMENTATION_METRICS,
-        overlay=layout.SEGMENTATION_OVERLAY,
+        overlay=report(
+            layout.SEGMENTATION_OVERLAY,
+            caption="report/segmentation_overlays.rst",
+            category="4 Segmentation",
+            subcategory="{benchmark}: each segmenter",
+        ),
         raw=directory(layout.SEGMENTATION_RAW),
     log:
         layout.log_path("evaluate_segmenter", "{segmenter}/{benchmark}"),
@@ -59,7 +66,12 @@ rule probe:
         unpack(probe_inputs),
     output:
         metrics=layout.PROBE_METRICS,
-        overlay=layout.PROBE_OVERLAY,
+        overlay=report(
+            layout.PROBE_OVERLAY,
+            caption="report/probe_overlays.rst",
+            category="5 Probe",
+            subcategory="{benchmark}",
+        ),
         raw=directory(layout.PROBE_RAW),
     log:
         layout.log_path("probe", "{source}/{method}_ep{epochs}/{benchmark}"),
@@ -83,7 +95,12 @@ rule probe_random_init:
         unpack(probe_inputs),
     output:
         metrics=layout.RANDOM_INIT_PROBE_METRICS,
-        overlay=layout.RANDOM_INIT_PROBE_OVERLAY,
+        overlay=report(
+            layout.RANDOM_INIT_PROBE_OVERLAY,
+            caption="report/probe_random_init_overlays.rst",
+            category="5 Probe",
+            subcategory="{benchmark}",
+        ),
         raw=directory(layout.RANDOM_INIT_PROBE_RAW),
     log:
         layout.log_path("probe", "{source}/random_init/{benchmark}"),

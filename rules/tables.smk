@@ -5,7 +5,11 @@ rule table_pretraining:
     input:
         **table_inputs("pretraining"),
     output:
-        csv=layout.table_csv("pretraining"),
+        csv=report(
+            layout.table_csv("pretraining"),
+            caption="report/table_pretraining.rst",
+            category="6 Tables",
+        ),
         markdown=layout.table_markdown("pretraining"),
     log:
         layout.log_path("tables", "pretraining"),
@@ -22,7 +26,11 @@ rule table_datasources:
     input:
         **table_inputs("datasources"),
     output:
-        csv=layout.table_csv("datasources"),
+        csv=report(
+            layout.table_csv("datasources"),
+            caption="report/table_datasources.rst",
+            category="6 Tables",
+        ),
         markdown=layout.table_markdown("datasources"),
     log:
         layout.log_path("tables", "datasources"),
@@ -40,10 +48,19 @@ rule table_attention:
         metrics=cell_results("attention", layout.CELL_METRICS),
         attention=cell_results("attention", layout.CELL_ATTENTION),
     output:
-        csv=layout.table_csv("attention"),
+        csv=report(
+            layout.table_csv("attention"),
+            caption="report/table_attention.rst",
+            category="6 Tables",
+        ),
         markdown=layout.table_markdown("attention"),
         layers=layout.ATTENTION_LAYERS,
-        plot=layout.ATTENTION_PLOT,
+        plot=report(
+            layout.ATTENTION_PLOT,
+            caption="report/attention_layers.rst",
+            category="2 Analysis",
+            subcategory="Attention per layer",
+        ),
     log:
         layout.log_path("tables", "attention"),
     params:

@@ -30,6 +30,8 @@ rule finetune_tracker:
     output:
         model=layout.TRACKER_MODEL,
         summary=layout.TRACKER_SUMMARY,
+        loss=layout.training_curve(layout.TRACKER_RUN, "loss"),
+        lr=layout.training_curve(layout.TRACKER_RUN, "lr"),
     log:
         layout.log_path("finetune_tracker", "{tracker}"),
     params:
@@ -49,7 +51,12 @@ rule evaluate_tracker:
         unpack(evaluate_inputs(layout.TRACKING)),
     output:
         metrics=layout.TRACKING_METRICS,
-        plot=layout.TRACKING_PLOT,
+        plot=report(
+            layout.TRACKING_PLOT,
+            caption="report/tracker_success.rst",
+            category="3 Tracking",
+            subcategory="{benchmark}: each tracker",
+        ),
         raw=directory(layout.TRACKING_RAW),
     log:
         layout.log_path("evaluate_tracker", "{tracker}/{benchmark}"),

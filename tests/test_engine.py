@@ -211,3 +211,51 @@ def test_the_same_state_saves_to_the_same_bytes(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
     loaded = load_checkpoint(tmp_path / "b.pth")
     assert loaded["epoch"] == 3 and all(torch.equal(loaded["model"][k], v) for k, v in state["model"].items())
+
+
+def test_every_log_every_steps_step_prints_a_line_and_logs_rate_eta_and_memory(frames_root, tmp_path, capsys):
+    """6 steps at log_every_steps 2: steps 2, 4 and 6 on stdout (no bar: stdout is not a terminal)
+    and in log.jsonl, each with the lr, loss, pairs/s, ETA and peak memory."""
+    config = tiny_config(log_every_steps=2, batch_size=4, repeated_sampling=2)  # 2 videos x 2 pairs a step
+    outcome = pretrain(config, Cell("dropmae", 2), frames_root, tmp_path / "run")
+    lines = [line for line in capsys.readouterr().out.splitlines() if " step " in line and "loss" in line]
+    assert [line.split(" step ")[1].split()[0] for line in lines] == ["2/6", "4/6", "6/6"]
+    assert "epoch 1/2" in lines[0] and "epoch 2/2" in lines[-1] and "eta 0:00:00" in lines[-1]
+    assert all("pairs/s" in line and "peak RSS" in line and " MB" in line for line in lines)
+    records = [json.loads(line) for line in (tmp_path / "run" / METRICS_LOG).read_text().splitlines()]
+    steps = [record for record in records if record["event"] == "step"]
+    assert [record["global_step"] for record in steps] == [2, 4, 6]
+    assert steps[-1]["loss"] == pytest.approx(outcome.last_loss)
+    for record in steps:
+        assert record["total_steps"] == 6 and record["pairs_per_s"] > 0 and record["peak_memory_mb"] > 10
+        assert record["eta_s"] >= 0 and record["lr"] > 0
+
+
+def test_a_run_writes_its_loss_and_lr_curves_when_it_completes(frames_root, tmp_path):
+    """loss.csv and lr.csv (step, value), from log.jsonl, once the run completes (here after a resume)."""
+    import pandas as pd
+
+    config = tiny_config(log_every_steps=1)
+    run_dir = tmp_path / "run"
+    pretrain(config, Cell("dropmae", 2), frames_root, run_dir, stop_after_steps=4, progress=False)
+    assert not (run_dir / "loss.csv").exists()
+    pretrain(config, Cell("dropmae", 2), frames_root, run_dir, progress=False)
+    steps = [r for r in map(json.loads, (run_dir / METRICS_LOG).read_text().splitlines()) if r["event"] == "step"]
+    loss, lr = pd.read_csv(run_dir / "loss.csv"), pd.read_csv(run_dir / "lr.csv")
+    assert list(loss.columns) == ["step", "loss"] and list(lr.columns) == ["step", "lr"]
+    assert list(loss["step"]) == list(lr["step"]) == [1, 2, 3, 4, 5, 6]
+    assert loss["loss"].tolist() == pytest.approx([r["loss"] for r in steps])
+    assert lr["lr"].tolist() == pytest.approx([r["lr"] for r in steps])
+
+
+def test_a_step_logged_twice_after_a_resume_counts_once_with_the_later_value(tmp_path):
+    """A job killed after step 5 resumes from the checkpoint of step 3 and logs steps 4 and 5 again."""
+    from dropmae.engine.curves import step_records
+
+    log = tmp_path / METRICS_LOG
+    steps = [(1, 0.9), (2, 0.8), (3, 0.7), (4, 0.65), (5, 0.6), (4, 0.66), (5, 0.61), (6, 0.5)]
+    log.write_text("".join(json.dumps({"event": "step", "global_step": g, "loss": v, "lr": 0.1}) + "\n"
+                           for g, v in steps))
+    frame = step_records(log)
+    assert frame["step"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert frame["loss"].tolist() == [0.9, 0.8, 0.7, 0.66, 0.61, 0.5]

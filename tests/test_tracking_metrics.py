@@ -277,6 +277,18 @@ def test_got10k_needs_image_size_and_scored_frames(tmp_path, got10k_val):
     assert result["num_frames"] == int(seq.visible[1:].sum())
 
 
+def test_got10k_precision_curve_counts_centre_errors_up_to_each_pixel_threshold(tmp_path, got10k_val):
+    """Every box shifted 6 px right and 8 px down: centre error 10 px on every scored frame (not
+    frame 0, which the protocol skips), so precision is 0 below 10 px and 1 from 10 px on."""
+    seq = got10k_val[0]
+    shifted = seq.boxes + np.array([6.0, 8.0, 0.0, 0.0])
+    write_got10k_result(tmp_path / "r", seq.name, shifted, np.full(len(seq.boxes), 0.02))
+    result = evaluate_got10k([seq], tmp_path / "r")
+    assert result["precision_thresholds"] == list(range(51))
+    curve = np.asarray(result["precision_curve"])
+    assert (curve[:10] == 0).all() and (curve[10:] == 1).all()
+
+
 # -------------------------------------------------------------------- OTB-style (DTB70) layout
 def write_dtb70_sequence(root: Path, name: str, boxes: np.ndarray, rng: np.random.Generator) -> Sequence:
     """root/<seq>/{img/*.jpg, groundtruth_rect.txt}: the layout got10k's DTB70 experiment reads."""

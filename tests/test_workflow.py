@@ -49,7 +49,8 @@ def demo_dag(tmp_path_factory, demo_tree) -> Path:
     repo = copy_repository(tmp_path_factory.mktemp("dag") / "repo")
     seed_demo_videos(repo, demo_tree)
     write_yaml(repo / "tiny.yaml", with_segmentation(with_tracking(TINY_OVERLAY)))
-    snakemake(repo, "--profile", "profiles/local", "--cores", "2", configfiles=["tiny.yaml"])
+    # About 40 jobs, each a fresh Python process: on a 2-core machine shared with other work, over 10 minutes.
+    snakemake(repo, "--profile", "profiles/local", "--cores", "2", configfiles=["tiny.yaml"], timeout=1500)
     return repo
 
 
@@ -84,7 +85,7 @@ def test_the_dag_builds_every_table_from_cell_results(demo_dag):
                              .read_text())
         assert metrics["scored"] and metrics["format"] == "davis2017" and 0 <= metrics["jf"] <= 1
         assert (row.demo_jf, row.demo_j, row.demo_f) == pytest.approx((metrics["jf"], metrics["j"], metrics["f"]))
-        assert f"{metrics['jf'] * 100:.4f}" in markdown  # printed in percent, as the paper does
+        assert f"| {metrics['jf'] * 100:.1f} " in markdown  # in percent, one decimal, as the paper prints
         raw = demo_dag / layout.SEGMENTATION.paths(layout.SEGMENTATION_RAW, segmenter, "demo")
         assert len(list(raw.glob("*/00000.png"))) == metrics["sequences"] == val_sequences
         overlay = demo_dag / layout.SEGMENTATION.paths(layout.SEGMENTATION_OVERLAY, segmenter, "demo")
@@ -114,6 +115,38 @@ def test_the_dag_builds_every_table_from_cell_results(demo_dag):
     attention = pd.read_csv(demo_dag / layout.table_csv("attention"))
     assert set(attention["method"]) == {"twinmae", "dropmae"}
     assert (attention["within_frame"] + attention["between_frame"]).round(5).eq(1.0).all()
+
+
+def test_the_dag_draws_the_comparison_figures_and_training_curves(demo_dag):
+    """Per benchmark: every table tracker's success and precision curves (CSV, one line per tracker,
+    and the two plots) and every segmenter's J&F per sequence; per run: loss.csv and lr.csv."""
+    success = pd.read_csv(demo_dag / layout.tracking_curves_outputs("demo")["success"])
+    assert success["tracker"].nunique() == 5 and len(success) == 5 * 101
+    precision = pd.read_csv(demo_dag / layout.tracking_curves_outputs("demo")["precision"])
+    assert precision["threshold"].max() == 50 and precision["precision"].between(0, 1).all()
+    for role in ("success_plot", "precision_plot"):
+        assert (demo_dag / layout.tracking_curves_outputs("demo")[role]).stat().st_size > 10_000
+    per_sequence = pd.read_csv(demo_dag / layout.segmentation_sequences_outputs("demo")["csv"])
+    assert per_sequence["segmenter"].nunique() == 5 and per_sequence["jf"].between(0, 1).all()
+    for run_dir in ("runs/pretrain/demo/dropmae_ep1", "runs/track/scratch", "runs/segment/demo/twinmae_ep1"):
+        loss = pd.read_csv(demo_dag / run_dir / "loss.csv")
+        assert list(loss.columns) == ["step", "loss"] and len(loss) > 0 and loss["step"].is_monotonic_increasing
+
+
+def test_the_report_holds_every_table_and_figure_with_its_caption(demo_dag):
+    result = snakemake(demo_dag, "--report", "report.html", configfiles=["tiny.yaml"])
+    html = (demo_dag / "report.html").read_text()
+    assert "DropMAE workbench: TwinMAE / DropMAE pretraining" in html, result.stderr[-2000:]
+    for category in ("1 Training", "2 Analysis", "3 Tracking", "4 Segmentation", "5 Probe", "6 Tables"):
+        assert category in html
+    curves = layout.tracking_curves_outputs("demo")
+    for path in (layout.ATTENTION_PLOT, curves["success_plot"], curves["precision_plot"],
+                 layout.segmentation_sequences_outputs("demo")["plot"], layout.table_csv("pretraining"),
+                 "results/cells/demo/dropmae_ep1/temporal_matching.png",
+                 layout.TRACKING.paths(layout.TRACKING_PLOT, "first_box", "demo"),
+                 layout.TRAINING_CURVES_FIGURE.format(kind="segmentation")):
+        assert Path(path).name in html, f"{path} is not in the report"
+    assert "Success plot on demo" in html and "Precision plot on demo" in html  # the captions
 
 
 def test_pretraining_went_through_submitit(demo_dag):
@@ -310,8 +343,13 @@ def test_the_pretraining_table_has_the_random_init_row(tmp_path, monkeypatch):
     assert (row.checkpoint, row.checkpoint_sha256) == (control.paths(layout.MODEL), "c" * 64)
     markdown = Path("table.md").read_text()
     control_line = next(line for line in markdown.splitlines() if "| Random init (never trained)" in line)
-    assert "cccccccccccc" in control_line and f"{expected / 4 * 100:.4f}" in control_line  # probe J&F in percent
+    assert "cccccccccccc" in control_line and f"| {expected / 4 * 100:.1f} " in control_line  # probe J&F in percent
     assert tables.CONTROL_NOTE in markdown
+    # Rounded as the paper prints: AO / J&F one decimal in percent, losses and shares three; the CSV keeps all.
+    twinmae_line = next(line for line in markdown.splitlines() if "| TwinMAE " in line)
+    ao = score["demo/twinmae_ep1"] * 100
+    assert f"| {ao:.1f} " in twinmae_line and "| 0.500 " in twinmae_line and "0.5000" not in markdown
+    assert pd.read_csv("table.csv").set_index("method").loc["twinmae", "demo_ao"] == pytest.approx(ao / 100, abs=0)
 
     off = load_config([REPO / "params.yaml", overlay], ["analysis.random_init_control=false"])
     frame = tables.table_pretraining(off, "off.csv", "off.md")
@@ -378,9 +416,10 @@ def test_snakemake_and_dvc_declare_the_same_stages(agreement_repo):
     # videos, frames, pretrain + analyse per cell, 3 tables; demo benchmark, a tracker and a segmenter
     # per cell, per random init and from scratch, each evaluated on the demo benchmark, plus the
     # first-frame-box and first-frame-mask baselines; the probe per cell and per random init; the
-    # attention study (studies/dvc.yaml).
+    # attention study (studies/dvc.yaml); the tracking curves and the per-sequence J&F of the benchmark.
     assert len(dvc) == len(jobs) == (1 + 2 + 2 * cells + controls + 3 + 1
-                                     + 2 * ((cells + controls + 1) + (cells + controls + 2)) + cells + controls + 1)
+                                     + 2 * ((cells + controls + 1) + (cells + controls + 2)) + cells + controls + 1
+                                     + 2)
     # DVC needs one stage per kind of input; Snakemake has one rule with an input function.
     rule_of = {"finetune_tracker_scratch": "finetune_tracker", "evaluate_tracker_scratch": "evaluate_tracker",
                "evaluate_first_box": "evaluate_tracker", "finetune_segmenter_scratch": "finetune_segmenter",
@@ -452,6 +491,8 @@ STAGE_ENTRY_POINTS = {
     "stage finetune-segmenter": ["dropmae.workflow.stages.finetune_segmenter_stage"],
     "stage evaluate-segmenter": ["dropmae.workflow.stages.evaluate_segmenter_stage"],
     "stage probe": ["dropmae.workflow.stages.probe_stage"],
+    "stage tracking-curves": ["dropmae.workflow.stages.tracking_curves_stage"],
+    "stage segmentation-sequences": ["dropmae.workflow.stages.segmentation_sequences_stage"],
     "attention-study": ["dropmae.analysis.attention_study.run_attention_study"],
 }
 

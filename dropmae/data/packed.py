@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from dropmae.data.manifest import frame_path, read_manifest
+from dropmae.progress import track
 
 PACKED_DIR = "packed"
 INDEX_NAME = "index.npz"
@@ -87,7 +88,7 @@ def pack_frames(frames_root: str | Path, shard_bytes: int = DEFAULT_SHARD_BYTES)
     shard, written, row = 0, 0, 0
     handle = (partial / f"shard-{shard:05d}.bin").open("wb")
     try:
-        for video_id, count in zip(ids, counts):
+        for video_id, count in track(list(zip(ids, counts)), desc=f"pack {frames_root}", unit="video"):
             for frame in range(count):
                 path = frame_path(frames_root, video_id, frame)
                 try:

@@ -16,6 +16,7 @@ import fcntl
 import json
 import math
 import os
+import resource
 import signal
 import time
 from dataclasses import dataclass, field
@@ -40,7 +41,9 @@ from dropmae.engine.checkpoint import (
     remove_stale_temporaries,
     restore_rng_state,
 )
+from dropmae.engine.curves import write_training_curves
 from dropmae.engine.distributed import DistributedContext, gather_objects
+from dropmae.progress import emit, format_duration, stdout_is_terminal
 from dropmae.seeding import derive_seed
 
 METRICS_LOG = "log.jsonl"
@@ -97,6 +100,7 @@ class TrainingTask:
     dataset: Dataset
     config_section: str = "train"  # where batch_size and accum_iter are set, for error messages
     collate_fn: Any = None  # the DataLoader's collate_fn (None: torch's default)
+    pairs_per_sample: int = 1  # training pairs in one dataset item (pretraining's repeated sampling: several)
 
     def build_optimizer(self, fused: bool) -> torch.optim.Optimizer:
         raise NotImplementedError
@@ -193,6 +197,65 @@ class _MetricsLog:
         if self.enabled:
             with self.path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: the CUDA caching allocator's peak allocation on a GPU, else the process's
+    peak resident set size (the CPU has no allocator statistics)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no NaN: an undefined rate is written as null."""
+    return value if math.isfinite(value) else None
+
+
+class _StepReporter:
+    """The step line of the log and of stdout: step / total, epoch, lr, loss, pairs/s, ETA, peak memory.
+
+    The rate is measured over the steps since the previous line; the ETA extrapolates the mean
+    step time of this call (a resumed run does not count the steps of the earlier calls).
+    """
+
+    def __init__(self, run: "_Run", position: "_Position", to_stdout: bool) -> None:
+        s = run.settings
+        self.run, self.to_stdout = run, to_stdout
+        self.total_steps = run.steps_per_epoch * s.epochs
+        self.pairs_per_step = s.batch_size * s.accum_iter * run.context.world_size * run.task.pairs_per_sample
+        self.started = self.last_time = time.monotonic()
+        self.first_step = self.last_step = position.global_step
+
+    def record(self, position: "_Position", epoch: int, step: int, lr: float, loss: float) -> dict:
+        now = time.monotonic()
+        window_steps, window_s = position.global_step - self.last_step, now - self.last_time
+        pairs_per_s = window_steps * self.pairs_per_step / window_s if window_s > 0 else float("nan")
+        done_this_call, elapsed = position.global_step - self.first_step, now - self.started
+        eta_s = (self.total_steps - position.global_step) * elapsed / done_this_call if done_this_call else float("nan")
+        self.last_time, self.last_step = now, position.global_step
+        return dict(event="step", epoch=epoch, step=step, global_step=position.global_step,
+                    total_steps=self.total_steps, lr=lr, loss=loss, pairs_per_s=_finite_or_none(pairs_per_s),
+                    eta_s=_finite_or_none(eta_s),
+                    peak_memory_mb=peak_memory_mb(self.run.device), time=time.time())
+
+    def line(self, record: dict) -> str:
+        run, memory = self.run, "GPU peak alloc" if self.run.device.type == "cuda" else "peak RSS"
+        rate = "?" if record["pairs_per_s"] is None else f"{record['pairs_per_s']:.1f}"
+        eta = format_duration(float("nan") if record["eta_s"] is None else record["eta_s"])
+        return (f"{run.task.name} step {record['global_step']}/{record['total_steps']} "
+                f"epoch {record['epoch'] + 1}/{run.settings.epochs} lr {record['lr']:.3e} loss {record['loss']:.4f} "
+                f"pairs/s {rate} eta {eta} {memory} {record['peak_memory_mb']:.0f} MB")
+
+    def report(self, position: "_Position", epoch: int, step: int, lr: float, loss: float, bar: tqdm) -> None:
+        record = self.record(position, epoch, step, lr, loss)
+        self.run.log.write(**record)
+        if not self.to_stdout:
+            return
+        if bar.disable:
+            emit(self.line(record))
+        else:  # above the bar, which tqdm redraws below it
+            bar.write(self.line(record))
 
 
 def _agree_any(flag: bool, context: DistributedContext, device: torch.device) -> bool:
@@ -353,7 +416,8 @@ def run_folder_lock(output_dir: Path, enabled: bool = True):
 
 
 def train_one_epoch(run: _Run, train_model: torch.nn.Module, position: _Position, autocast: Any,
-                    stop: _StopRequest, stop_after_steps: int | None, bar: tqdm) -> _EpochResult:
+                    stop: _StopRequest, stop_after_steps: int | None, bar: tqdm,
+                    reporter: _StepReporter) -> _EpochResult:
     """Epoch ``position.epoch`` from step ``position.step`` on; ``position`` moves with every optimiser step.
 
     Writes checkpoint-last every ``checkpoint_every_steps`` and, when the ranks agree to stop,
@@ -421,8 +485,7 @@ def train_one_epoch(run: _Run, train_model: torch.nn.Module, position: _Position
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
         if position.global_step % s.log_every_steps == 0:
-            run.log.write(event="step", epoch=epoch, step=step, global_step=position.global_step, lr=lr,
-                          loss=step_loss)
+            reporter.report(position, epoch, step, lr, step_loss, bar)
 
         stop_now = _agree_any(
             stop.signal_name is not None
@@ -490,16 +553,25 @@ def _run_training(task: TrainingTask, settings: LoopSettings, output_dir: Path, 
         run.log.write(event="start", **task.start_record(), steps_per_epoch=run.steps_per_epoch,
                       samples=len(task.dataset), world_size=context.world_size)
     if position.epoch >= s.epochs:
+        if context.is_main and run.log.path.is_file():
+            write_training_curves(run.log.path, run.output_dir)
         return TrainingOutcome("completed", position.epoch, position.global_step, run.last_path, None)
 
     amp_dtype = autocast_dtype(s.precision, device)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    # The bar only on a terminal; a job log (a file) gets the reporter's lines instead.
     bar = tqdm(total=run.steps_per_epoch * s.epochs, initial=position.global_step, desc=task.name, unit="step",
-               disable=not (progress and context.is_main))
+               disable=not (progress and context.is_main and stdout_is_terminal()))
+    reporter = _StepReporter(run, position, to_stdout=context.is_main)
+    if context.is_main:
+        emit(f"{task.name}: {'resuming at' if position.global_step else 'starting'} step {position.global_step}/"
+             f"{reporter.total_steps} ({run.steps_per_epoch} steps per epoch x {s.epochs} epochs, "
+             f"{reporter.pairs_per_step} pairs per step, {context.world_size} process(es) on {device}), "
+             f"logging every {s.log_every_steps} steps to {run.log.path}")
     with _StopRequest() as stop, bar:
         while position.epoch < s.epochs:
             epoch = position.epoch
-            result = train_one_epoch(run, train_model, position, autocast, stop, stop_after_steps, bar)
+            result = train_one_epoch(run, train_model, position, autocast, stop, stop_after_steps, bar, reporter)
             if not result.finished:  # stopped mid-epoch; checkpoint-last holds the step reached
                 return _interrupted(run, position, result.stop_reason)
             position.epoch, position.step = epoch + 1, 0
@@ -512,4 +584,7 @@ def _run_training(task: TrainingTask, settings: LoopSettings, output_dir: Path, 
                    "global_step": position.global_step, "final_loss": position.last_loss,
                    "checkpoint": str(run.last_path)}
         (run.output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        write_training_curves(run.log.path, run.output_dir)
+        emit(f"{task.name}: finished {position.global_step} steps, last loss {position.last_loss}, "
+             f"in {format_duration(time.monotonic() - reporter.started)}; wrote {run.last_path}")
     return TrainingOutcome("completed", s.epochs, position.global_step, run.last_path, position.last_loss)

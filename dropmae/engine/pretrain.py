@@ -125,6 +125,7 @@ class PretrainTask(TrainingTask):
         self.data_path = data_path
         p = config.pretrain
         self.effective_batch = p.batch_size * p.accum_iter * world_size
+        self.pairs_per_sample = p.repeated_sampling  # the loader's items are videos, each giving this many pairs
         self.device = next(model.parameters()).device
         if p.decode_on_device:
             self.collate_fn = collate_encoded

@@ -62,6 +62,24 @@ def _export_distributed_environment(env: submitit.JobEnvironment) -> None:
     )
 
 
+def job_header(env: submitit.JobEnvironment, what: str, output_dir: str) -> str:
+    """The first line of a task's log: what runs where (node, rank, world size, GPU), for whoever reads it."""
+    import socket
+
+    import torch
+
+    if torch.cuda.is_available():
+        index = env.local_rank % torch.cuda.device_count()  # the GPU engine.distributed gives this task
+        device = f"GPU {index} {torch.cuda.get_device_name(index)}"
+    else:
+        device = "no GPU (CPU)"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+    return (f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {what} job {env.job_id} on node {socket.gethostname()}: "
+            f"rank {env.global_rank} of world size {env.num_tasks} (local rank {env.local_rank}, node "
+            f"{env.node} of {env.num_nodes}), {device}, CUDA_VISIBLE_DEVICES={visible}, "
+            f"{torch.get_num_threads()} CPU threads; output {output_dir}")
+
+
 class TrainingJob(Checkpointable):
     """One training run (a pretraining cell, a tracker or a segmenter fine-tuning), run by every task of a submitit job.
 
@@ -88,6 +106,7 @@ class TrainingJob(Checkpointable):
         if env.num_tasks > 1:
             _export_distributed_environment(env)
         torch.set_num_threads(self.config["launcher"][self.resources_key]["cpus_per_task"])
+        print(job_header(env, type(self).__name__, self.output_dir), flush=True)
         outcome = self.train()
         if outcome.status == "completed":
             return {"status": outcome.status, "epoch": outcome.epoch, "global_step": outcome.global_step,

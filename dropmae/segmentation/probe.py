@@ -31,6 +31,7 @@ from timm.layers import build_sincos2d_pos_embed
 from dropmae.data.images import read_rgb, to_normalized_tensor, write_label_mask
 from dropmae.engine.checkpoint import load_checkpoint
 from dropmae.models.dropmae import DropMAE
+from dropmae.progress import track
 from dropmae.segmentation.datasets import SegmentationSequence
 
 POSITION_MODES = ("rebuild", "interpolate")
@@ -375,7 +376,7 @@ def run_probe(
     result_root = Path(result_root)
     compute_device = encoder.first_frame_embed.device
     total_frames, total_seconds, count = 0, 0.0, 0
-    for sequence in sequences:
+    for sequence in track(sequences, desc="probe", unit="sequence"):
         if not sequence.frames or 0 not in sequence.annotations:
             raise ValueError(f"sequence {sequence.name!r}: needs frames and an annotation of frame 0")
         first_labels = sequence.read_annotation(0)

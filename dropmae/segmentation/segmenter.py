@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from dropmae.data.images import read_rgb, to_normalized_tensor, write_label_mask
+from dropmae.progress import track
 from dropmae.segmentation.datasets import VOID_LABEL, SegmentationSequence
 from dropmae.segmentation.model import DropSeg, soft_aggregate
 from dropmae.segmentation.probe import encoder_input_size
@@ -185,7 +186,7 @@ def run_segmentation_benchmark(
 ) -> dict[str, float]:
     """Run every sequence into ``result_root/<seq>/``; {"frames", "seconds", "frames_per_second"}."""
     total_frames, total_seconds = 0, 0.0
-    for sequence in sequences:
+    for sequence in track(sequences, desc="segment", unit="sequence"):
         frames, seconds = run_segmentation_sequence(segmenter, sequence, result_root)
         total_frames += frames
         total_seconds += seconds

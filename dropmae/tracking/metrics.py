@@ -186,10 +186,11 @@ def evaluate_got10k(sequences: Iterable[Any], result_dir: str | os.PathLike) -> 
     xywh, ``.cover`` [T] or None, ``.visible`` [T] bool, and ``.frames`` (frame paths, the
     first one's size is the image size) or ``.image_size`` (W, H).
     Returns JSON-ready values: ao, sr50, sr75 (fractions), success_curve [101] over
-    ``thresholds``, fps (or None), num_frames (scored frames pooled) and per_sequence
+    ``thresholds``, precision_curve [51] over ``precision_thresholds`` (centre error 0..50 px, as
+    OTB / LaSOT; the toolkit has none), fps (or None), num_frames (scored frames pooled) and per_sequence
     {name: {ao, sr50, sr75, num_frames, fps}}.
     """
-    pooled_ious, pooled_times, per_sequence = [], [], {}
+    pooled_ious, pooled_errors, pooled_times, per_sequence = [], [], [], {}
     for seq in sequences:
         gt = _ground_truth(seq)
         num_frames = len(gt)
@@ -203,7 +204,7 @@ def evaluate_got10k(sequences: Iterable[Any], result_dir: str | os.PathLike) -> 
         if not paths:
             missing = got10k_result_path(result_dir, seq.name)
             raise ResultFileError(f"{missing}: result file of sequence {seq.name} not found")
-        seq_ious = []
+        seq_ious, seq_errors = [], []
         for path in paths:
             pred = read_box_result(path, comma_only=True)
             if len(pred) != num_frames:
@@ -213,7 +214,9 @@ def evaluate_got10k(sequences: Iterable[Any], result_dir: str | os.PathLike) -> 
                 )
             _reject_nan_rows(pred, path)
             seq_ious.append(got10k_frame_ious(pred[1:], gt[1:], image_size)[scored])
+            seq_errors.append(np.linalg.norm(_pixel_centers(pred[1:]) - _pixel_centers(gt[1:]), axis=1)[scored])
         seq_ious = np.concatenate(seq_ious)
+        pooled_errors.append(np.concatenate(seq_errors))
         seq_times = _optional_times(got10k_time_path(result_dir, seq.name))
         pooled_ious.append(seq_ious)
         pooled_times.append(seq_times)
@@ -229,10 +232,16 @@ def evaluate_got10k(sequences: Iterable[Any], result_dir: str | os.PathLike) -> 
     if len(ious) == 0:
         raise MetricsError("evaluate_got10k: no frame with cover > 0 after frame 0 in any sequence")
     success_curve = np.mean(ious[:, None] > GOT10K_IOU_THRESHOLDS[None, :], axis=0)
+    # The got10k toolkit reports no precision; this is the OTB / LaSOT one (centre error <= t px,
+    # pixel centres as pytracking's), pooled over the scored frames as AO is.
+    errors = np.concatenate(pooled_errors)
+    precision_curve = np.mean(errors[:, None] <= OPE_CENTER_THRESHOLDS[None, :], axis=0)
     return {
         **_got10k_summary(ious),
         "success_curve": success_curve.tolist(),
         "thresholds": GOT10K_IOU_THRESHOLDS.tolist(),
+        "precision_curve": precision_curve.tolist(),
+        "precision_thresholds": OPE_CENTER_THRESHOLDS.tolist(),
         "fps": _mean_fps(pooled_times),
         "num_frames": len(ious),
         "per_sequence": per_sequence,

@@ -41,6 +41,8 @@ GROUP_AXES = {
     "evaluate_first_mask": (SEGMENTATION_BENCHMARK,),
     "probe": (*CELL_AXES, SEGMENTATION_BENCHMARK),
     "probe_random_init": (SOURCE, SEGMENTATION_BENCHMARK),
+    "tracking_curves": (TRACKING_BENCHMARK,),
+    "segmentation_sequences": (SEGMENTATION_BENCHMARK,),
 }
 
 

@@ -276,3 +276,69 @@ def uses_demo_benchmark(config: Config) -> bool:
     if probe_enabled(config):
         roots += [config.segmentation.benchmarks[name].root for name in config.segmentation.evaluate]
     return any(is_demo_benchmark(root) for root in roots)
+
+
+# ----------------------------------------------------------------------------- curves and figures
+# Every training run's loss and lr per logged step (engine.curves writes them into the run folder
+# when the run completes), declared as DVC plots and drawn in the report.
+TRAINING_CURVES = ("loss", "lr")
+
+
+def training_curve(run_template: str, curve: str) -> str:
+    """The ``curve`` ("loss" or "lr") CSV of a run folder template (RUN_DIR, TRACKER_RUN, SEGMENTER_RUN)."""
+    from dropmae.engine.curves import CURVE_FILES
+
+    return f"{run_template}/{CURVE_FILES[curve]}"
+
+
+# Per tracking.evaluate benchmark: every tracker's success and precision curves as CSV (threshold,
+# tracker, rate: one line per tracker in DVC's plots) and as the figures tracking papers show.
+TRACKING_CURVES_DIR = "results/tracking_curves/{benchmark}"
+TRACKING_CURVE_FILES = {"success": "success.csv", "precision": "precision.csv",
+                        "success_plot": "success.png", "precision_plot": "precision.png"}
+# The DVC plot template of those CSVs: one colour per tracker, one dash per revision (dvc plots diff).
+TRACKER_CURVES_TEMPLATE = "rules/plot_templates/tracker_curves.json"
+
+
+def tracking_curves_outputs(benchmark: str = "{benchmark}") -> dict[str, str]:
+    return {role: f"{TRACKING_CURVES_DIR.format(benchmark=benchmark)}/{name}"
+            for role, name in TRACKING_CURVE_FILES.items()}
+
+
+def curve_trackers(config: Config) -> list[str]:
+    """The trackers a benchmark's curves compare: those of the pretraining and data-sources tables."""
+    names = TRACKING.table_models(config, "pretraining") + TRACKING.table_models(config, "datasources")
+    return list(dict.fromkeys(names))
+
+
+# Per segmentation.evaluate benchmark: J&F of every segmenter per sequence (CSV and bar chart).
+SEGMENTATION_SEQUENCES_DIR = "results/segmentation_sequences/{benchmark}"
+SEGMENTATION_SEQUENCE_FILES = {"csv": "jf_per_sequence.csv", "plot": "jf_per_sequence.png"}
+
+
+def segmentation_sequences_outputs(benchmark: str = "{benchmark}") -> dict[str, str]:
+    return {role: f"{SEGMENTATION_SEQUENCES_DIR.format(benchmark=benchmark)}/{name}"
+            for role, name in SEGMENTATION_SEQUENCE_FILES.items()}
+
+
+def curve_segmenters(config: Config) -> list[str]:
+    """The segmenters a benchmark's per-sequence chart compares: those of the pretraining and data-sources tables."""
+    names = SEGMENTATION.table_models(config, "pretraining") + SEGMENTATION.table_models(config, "datasources")
+    return list(dict.fromkeys(names))
+
+
+# Per kind of training (pretraining, tracking, segmentation): every table run's loss and lr against
+# the step in one figure, for the report (DVC plots the runs' loss.csv / lr.csv themselves).
+TRAINING_CURVES_FIGURE = "results/training_curves/{kind}.png"
+
+
+def training_curve_runs(config: Config) -> dict[str, dict[str, str]]:
+    """{kind: {model name: run folder}} of the runs the tables show, for the kinds that have any."""
+    cells = list(dict.fromkeys(table_cells(config, "pretraining") + table_cells(config, "datasources")))
+    runs = {"pretraining": {cell.name: cell.paths(RUN_DIR) for cell in cells}}
+    for task, names in ((TRACKING, curve_trackers(config)), (SEGMENTATION, curve_segmenters(config))):
+        trained = [name for name in names if name != task.trivial]
+        if trained:
+            run_template = task.model.rsplit("/", 1)[0]
+            runs[task.section] = {name: task.paths(run_template, name) for name in trained}
+    return runs

@@ -18,6 +18,7 @@ import torch
 from dropmae.config import PRETRAIN_OPERATIONAL_KEYS, Config, config_from_dict, config_to_dict
 from dropmae.engine.checkpoint import LAST_CHECKPOINT, atomic_torch_save, load_checkpoint
 from dropmae.engine.loop import default_device
+from dropmae.progress import track
 from dropmae.workflow import layout
 from dropmae.workflow.layout import Cell, RandomInit, ensure_parent, frames_dir
 
@@ -328,7 +329,7 @@ def evaluate_tracker_stage(config: Config, tracker: str, benchmark: str, model_p
     """Run one tracker over a benchmark split, write official-format results, score them where the
     split has ground truth, and plot the success curve."""
     from dropmae.tracking.datasets import read_benchmark
-    from dropmae.tracking.metrics import evaluate_got10k, evaluate_ope, save_success_plot
+    from dropmae.tracking.metrics import OPE_CENTER_THRESHOLDS, evaluate_got10k, evaluate_ope, save_success_plot
     from dropmae.tracking.tracker import DropTracker, TrackerSettings, run_first_box_baseline, run_sequence, write_result
     from dropmae.tracking.train import load_finetuned_tracker
 
@@ -346,7 +347,7 @@ def evaluate_tracker_stage(config: Config, tracker: str, benchmark: str, model_p
         online = DropTracker(model, settings, device)
         run = lambda sequence: run_sequence(online, sequence)  # noqa: E731
     frames = 0
-    for sequence in sequences:
+    for sequence in track(sequences, desc=f"track {tracker} on {benchmark} ({split})", unit="sequence"):
         boxes, times = run(sequence)
         write_result(bench.format, raw_dir, sequence.name, boxes, times)
         frames += len(boxes)
@@ -363,6 +364,9 @@ def evaluate_tracker_stage(config: Config, tracker: str, benchmark: str, model_p
         curve = scores.pop("success_curve")
         metrics.update({k: v for k, v in scores.items() if not isinstance(v, (dict, list))})
         metrics["success_curve"] = [float(v) for v in curve]
+        # Centre-error precision over 0..50 px (OTB / LaSOT; computed for GOT-10k too), for the precision plot.
+        metrics["precision_curve"] = [float(v) for v in scores["precision_curve"]]
+        metrics["precision_thresholds"] = OPE_CENTER_THRESHOLDS.tolist()
         headline = scores.get("ao", scores.get("auc"))
         save_success_plot({tracker: (np.linspace(0, 1, len(curve)), np.asarray(curve))}, ensure_parent(plot_path),
                           f"{benchmark} ({split}): {tracker}")
@@ -495,3 +499,26 @@ def probe_stage(config: Config, cell: Cell | RandomInit, benchmark: str, model_p
                      "checkpoint": str(model_path), "checkpoint_sha256": sha256_of(model_path)}
     return _write_scored(metrics, sequences, raw_dir, metrics_path, overlay_path,
                          f"probe {cell.name} on {benchmark} ({split})", report)
+
+
+# ----------------------------------------------------------------------------- comparison figures
+def tracking_curves_stage(config: Config, benchmark: str, outputs: dict[str, str]) -> None:
+    """Every table tracker's success and precision curves on one benchmark: CSVs for DVC and the two figures."""
+    from dropmae.workflow.figures import tracking_curves
+
+    tracking_curves(config, benchmark, outputs)
+
+
+def segmentation_sequences_stage(config: Config, benchmark: str, outputs: dict[str, str]) -> None:
+    """Every table segmenter's J&F per sequence of one benchmark: the CSV and the bar chart."""
+    from dropmae.workflow.figures import segmentation_sequences
+
+    segmentation_sequences(config, benchmark, outputs)
+
+
+def training_curves_stage(config: Config, kind: str, figure_path: str | Path) -> None:
+    """Every table run of one kind (pretraining, tracking, segmentation): loss and lr per step in one figure."""
+    from dropmae.workflow.figures import training_curves_figure
+
+    runs = layout.training_curve_runs(config)[kind]
+    training_curves_figure(runs, figure_path, f"{kind}: every run of the tables")

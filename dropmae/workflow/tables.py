@@ -39,6 +39,11 @@ from dropmae.workflow.layout import (
 
 CELL_COLUMNS = ["source", "method", "epochs", "heldout_loss", "between_frame_share", "within_frame_share",
                 "last_train_loss", "global_step", "heldout_pairs", "checkpoint", "checkpoint_sha256", "params"]
+# Markdown rounds as the paper prints: scores (AO / SR / J&F in percent, AUC / P) to one decimal,
+# losses and attention shares to three; the CSV keeps full precision.
+SCORE_DECIMALS = 1
+THREE_DECIMAL_COLUMNS = ("heldout_loss", "between_frame_share", "within_frame_share", "last_train_loss",
+                         "within_frame", "between_frame")
 MARKDOWN_COLUMNS = {
     "source": "Source", "method": "Method", "epochs": "Epochs", "heldout_loss": "Held-out loss",
     "between_frame_share": "Between-frame attn.", "within_frame_share": "Within-frame attn.",
@@ -188,6 +193,11 @@ def _markdown(frame: pd.DataFrame, title: str, notes: list[str], config: Config 
     for column, header in scores.items():
         if header.endswith("(%)"):  # the paper prints GOT-10k AO / SR and DAVIS J&F in percent
             shown[column] = shown[column] * 100
+    for column in scores:
+        shown[column] = _rounded(shown[column], SCORE_DECIMALS)
+    for column in THREE_DECIMAL_COLUMNS:
+        if column in shown:
+            shown[column] = _rounded(shown[column], 3)
     shown = shown.rename(columns=scores)
     if "method" in shown:
         shown["method"] = shown["method"].map(lambda m: m if m in BASELINE_ROWS.values() else display_name(m))
@@ -196,8 +206,14 @@ def _markdown(frame: pd.DataFrame, title: str, notes: list[str], config: Config 
     shown = shown.rename(columns=MARKDOWN_COLUMNS)
     # Baseline rows have no pretraining values: tabulate prints None as missingval, NaN / <NA> verbatim.
     shown = shown.astype(object).where(shown.notna(), None)
-    body = shown.to_markdown(index=False, floatfmt=".4f", missingval="")
+    # Numbers are already text at their precision: tabulate must not parse and reformat them.
+    body = shown.to_markdown(index=False, missingval="", disable_numparse=True)
     return f"# {title}\n\n" + "".join(f"{note}\n" for note in notes) + "\n" + body + "\n"
+
+
+def _rounded(values: pd.Series, decimals: int) -> pd.Series:
+    """Numbers as text with ``decimals`` decimals; missing values stay missing."""
+    return values.map(lambda value: None if pd.isna(value) else f"{value:.{decimals}f}").astype(object)
 
 
 def _write(frame: pd.DataFrame, csv_path: str | Path, md_path: str | Path, title: str, notes: list[str],
@@ -290,12 +306,12 @@ def table_attention(config: Config, csv_path, md_path, layers_csv=ATTENTION_LAYE
                  .rename(columns={"method": "Method", "epochs": "Epochs", "layer": "Layer",
                                   "within_frame": "Within-frame", "between_frame": "Between-frame",
                                   "checkpoint_sha256": "Checkpoint (sha256)"})
-                 .to_markdown(index=False, floatfmt=".4f"))
+                 .to_markdown(index=False, floatfmt=".3f"))
     lines += ["", "Mean over layers:", "",
               summary.assign(method=summary["method"].map(display_name))
               .rename(columns={"method": "Method", "epochs": "Epochs", "within_frame": "Within-frame",
                                "between_frame": "Between-frame"})
-              .to_markdown(index=False, floatfmt=".4f"), ""]
+              .to_markdown(index=False, floatfmt=".3f"), ""]
     ensure_parent(md_path).write_text("\n".join(lines))
     return frame
 
