@@ -1,5 +1,5 @@
 """Command line: ``dropmae extract-frames | pack-frames | pretrain | reconstruct | compare-log | attention-study |
-stage | config | schema``."""
+stage | config | schema | export-encoder``."""
 
 from __future__ import annotations
 
@@ -240,6 +240,22 @@ def cmd_schema(args) -> int:
     return 0
 
 
+def cmd_export_encoder(args) -> int:
+    from dropmae.models.export import export_timm_encoder
+    from dropmae.models.external import ExternalCheckpointError
+
+    try:
+        result = export_timm_encoder(args.checkpoint, args.output, args.format)
+    except (ExternalCheckpointError, FileNotFoundError) as error:
+        print(f"dropmae: export-encoder: {error}", file=sys.stderr)
+        return 2
+    kwargs = ", ".join(f"{key}={value!r}" for key, value in result["timm_kwargs"].items())
+    print(result["report"].summary())
+    print(f"wrote {args.output}; load it with\n  timm.create_model({result['timm_model']!r}, pretrained=True, "
+          f"pretrained_cfg_overlay={{'file': {str(args.output)!r}}}, {kwargs})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dropmae", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -334,6 +350,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = commands.add_parser("schema", help="print the JSON Schema of params.yaml (rules/schemas/)")
     schema.set_defaults(handler=cmd_schema)
+    export = commands.add_parser(
+        "export-encoder", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="write a pretrained encoder as a timm ViT safetensors file",
+        description="Reads a checkpoint (ours, an MAE-style training snapshot such as the authors' DropMAE "
+                    "releases, or a timm ViT state dict / .safetensors) and writes a timm VisionTransformer state "
+                    "dict (no class token, global average pooling, frame 0's embedding folded into the position "
+                    "table) that timm.create_model loads as pretrained weights. Prints the exact create_model call.",
+        epilog="example:\n  dropmae export-encoder --checkpoint results/pretrain/k400/dropmae_ep1600/model.pth "
+               "--output dropmae_vitb.safetensors")
+    export.add_argument("--checkpoint", required=True, metavar="FILE", help="the checkpoint to export")
+    export.add_argument("--output", required=True, metavar="FILE", help="the .safetensors file to write")
+    export.add_argument("--format", choices=["dropmae", "mae_snapshot", "timm"],
+                        help="the checkpoint's layout (default: detected from its keys)")
+    export.set_defaults(handler=cmd_export_encoder)
     return parser
 
 

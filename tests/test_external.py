@@ -185,3 +185,47 @@ def test_only_the_args_namespace_is_admitted(tmp_path):
     (tmp_path / "corrupt.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ExternalCheckpointError, match="corrupt.pth"):
         load_external_encoder(tmp_path / "corrupt.pth")
+
+
+# ------------------------------------------------------------------------------ timm export
+def test_export_round_trip_through_timm_create_model(tmp_path, capsys):
+    """Our checkpoint -> export-encoder -> timm.create_model(pretrained=True, file=...) -> our features."""
+    from dropmae.cli import main
+
+    original = micro_dropmae()
+    config = {"model": {"encoder": "micro", "patch_size": 8, "img_size": 32}}
+    torch.save({"model": original.state_dict(), "config": config}, tmp_path / "model.pth")
+    output = tmp_path / "encoder.safetensors"
+    assert main(["export-encoder", "--checkpoint", str(tmp_path / "model.pth"), "--output", str(output)]) == 0
+    assert "timm.create_model('vit_tiny_patch16_224'" in capsys.readouterr().out
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=True, pretrained_cfg_overlay={"file": str(output)},
+                            class_token=False, global_pool="avg", num_classes=0, embed_dim=96, depth=4, num_heads=3,
+                            patch_size=8, img_size=32).eval()  # timm loads strictly: no missing or extra key
+    frames = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        tokens = original.patch_embed(frames) + original.pos_embed + original.frame_embed[0]
+        for block in original.blocks:
+            tokens = block(tokens)
+        features, pooled = vit.forward_features(frames), vit(frames)
+    assert (features - tokens).abs().max() < 1e-5
+    assert (pooled - original.norm(tokens.mean(dim=1))).abs().max() < 1e-5
+
+
+def test_export_of_an_authors_snapshot_names_a_registered_vit(tmp_path):
+    from dropmae.models.export import export_timm_encoder, timm_model_arguments
+
+    assert timm_model_arguments("base", 16, 224) == ("vit_base_patch16_224", {"class_token": False,
+                                                                             "global_pool": "avg", "num_classes": 0})
+    result = export_timm_encoder(save_authors_snapshot(micro_dropmae(), tmp_path / "snapshot.pth"),
+                                 tmp_path / "encoder.safetensors")
+    vit = timm.create_model(result["timm_model"], pretrained=True,
+                            pretrained_cfg_overlay={"file": str(tmp_path / "encoder.safetensors")}, **result["timm_kwargs"])
+    assert torch.equal(vit.pos_embed.detach(), micro_dropmae().pos_embed + micro_dropmae().frame_embed[0].detach())
+
+
+def test_export_of_a_broken_file_says_which(tmp_path, capsys):
+    from dropmae.cli import main
+
+    (tmp_path / "broken.pth").write_bytes(b"nothing")
+    assert main(["export-encoder", "--checkpoint", str(tmp_path / "broken.pth"), "--output", str(tmp_path / "x")]) == 2
+    assert "broken.pth" in capsys.readouterr().err
