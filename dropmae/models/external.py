@@ -37,9 +37,7 @@ from typing import Any
 import torch
 
 from dropmae.models.encoder import DECODER_PREFIXES, CheckpointMismatchError
-from dropmae.models.specs import ENCODER_SPECS
-
-EXTERNAL_FORMATS = ("dropmae", "mae_snapshot", "timm")
+from dropmae.models.specs import ENCODER_SPECS, EXTERNAL_FORMATS
 
 # Our encoder's state-dict keys besides the blocks (DropMAE.encoder_state_dict()).
 ENCODER_TOP_KEYS = ("patch_embed.proj.weight", "patch_embed.proj.bias", "pos_embed", "frame_embed",
