@@ -229,3 +229,15 @@ def test_export_of_a_broken_file_says_which(tmp_path, capsys):
     (tmp_path / "broken.pth").write_bytes(b"nothing")
     assert main(["export-encoder", "--checkpoint", str(tmp_path / "broken.pth"), "--output", str(tmp_path / "x")]) == 2
     assert "broken.pth" in capsys.readouterr().err
+
+
+def test_ostrack_experiment_names_are_the_same_recipes(tmp_path):
+    from dropmae.config import load_config
+    from dropmae.presets import OSTRACK_EXPERIMENT_NAMES
+
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    for alias, name in OSTRACK_EXPERIMENT_NAMES.items():
+        by_alias = load_config([params], [f"tracking.preset={alias}"]).tracking
+        by_name = load_config([params], [f"tracking.preset={name}"]).tracking
+        assert {**vars(by_alias), "preset": None} == {**vars(by_name), "preset": None}
+    assert load_config([params], ["tracking.preset=vitb_384_mae_ce_32x4_ep300"]).tracking.epochs == 300
