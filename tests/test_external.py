@@ -110,7 +110,8 @@ def test_timm_vit_state_dict_and_safetensors(tmp_path):
     state = vit.state_dict()
     save_file(state, str(tmp_path / "vit.safetensors"))
     torch.save(state, tmp_path / "vit.pth")
-    for name in ("vit.safetensors", "vit.pth"):
+    torch.save({"state_dict": state, "epoch": 299, "arch": "vit_micro"}, tmp_path / "train_checkpoint.pth")
+    for name in ("vit.safetensors", "vit.pth", "train_checkpoint.pth"):
         checkpoint, report = load_external_encoder(tmp_path / name)
         assert report.format == "timm" and report.encoder == "micro" and report.unexpected == []
         assert {"cls_token", "head.weight", "head.bias"} <= set(report.dropped)

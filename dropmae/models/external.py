@@ -9,8 +9,9 @@ Formats (:data:`EXTERNAL_FORMATS`):
   released encoders are {"model": state dict} alone). The position table is [1, 1 + N, D] with a
   class-token slot; DropMAE adds one frame embedding per frame, ``temporal_pos_embed_x`` (the
   first frame of the pair in the authors' forward) and ``temporal_pos_embed_z`` (the second).
-- ``timm``: a timm ViT state dict (``.pth`` / ``.bin`` / ``.safetensors``): ``cls_token``, a
-  learned [1, 1 + N, D] table, ``head`` and, for global-pool models, ``fc_norm``.
+- ``timm``: a timm ViT state dict (``.pth`` / ``.bin`` / ``.safetensors``, or under "state_dict"
+  as timm's train.py saves it): ``cls_token``, a learned [1, 1 + N, D] table, ``head`` and, for
+  global-pool models, ``fc_norm``.
 
 Every file is read with ``torch.load(weights_only=True)``; the only class admitted besides plain
 data is ``argparse.Namespace`` (the authors' ``args``), through torch's safe-globals allowlist.
@@ -110,6 +111,8 @@ def detect_format(contents: Any, source: str = "the checkpoint") -> str:
         if isinstance(config, Mapping) and isinstance(config.get("model"), Mapping):
             return "dropmae"
         return "mae_snapshot"
+    if isinstance(contents.get("state_dict"), Mapping):  # timm's train.py checkpoints
+        return "timm"
     if contents and all(isinstance(value, torch.Tensor) for value in contents.values()):
         if "frame_embed" in contents:
             raise ExternalCheckpointError(f"{source}: a bare state dict of our encoder has no config; "
@@ -266,7 +269,7 @@ def load_external_encoder(path: str | Path, format: str | None = None) -> tuple[
             raise ExternalCheckpointError(f"{source}: weights are a {report.encoder} / patch {report.patch_size} "
                                           f"encoder but config['model'] says {dict(model_section)}")
         return {"model": state, "config": contents["config"]}, report
-    state = contents["model"] if format == "mae_snapshot" else contents
+    state = contents["model"] if format == "mae_snapshot" else contents.get("state_dict", contents)
     not_tensors = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
     if not_tensors:
         raise ExternalCheckpointError(f"{source}: non-tensor entries in the state dict: {not_tensors[:5]}")
