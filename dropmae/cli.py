@@ -1,5 +1,5 @@
 """Command line: ``dropmae extract-frames | pack-frames | pretrain | reconstruct | compare-log | attention-study |
-stage | config | schema``."""
+stage | config | schema | export-encoder | track | segment | score-tracking | score-vos``."""
 
 from __future__ import annotations
 
@@ -261,6 +261,97 @@ def cmd_schema(args) -> int:
     return 0
 
 
+def cmd_export_encoder(args) -> int:
+    from dropmae.models.export import export_timm_encoder
+    from dropmae.models.external import ExternalCheckpointError
+
+    try:
+        result = export_timm_encoder(args.checkpoint, args.output, args.format)
+    except (ExternalCheckpointError, FileNotFoundError) as error:
+        print(f"dropmae: export-encoder: {error}", file=sys.stderr)
+        return 2
+    kwargs = ", ".join(f"{key}={value!r}" for key, value in result["timm_kwargs"].items())
+    print(result["report"].summary())
+    print(f"wrote {args.output}; load it with\n  timm.create_model({result['timm_model']!r}, pretrained=True, "
+          f"pretrained_cfg_overlay={{'file': {str(args.output)!r}}}, {kwargs})")
+    return 0
+
+
+def _clip_command(run) -> int:
+    """Run a clip command; bad input (a file, box or mask it cannot use) is one line on stderr."""
+    from dropmae.clip_commands import ClipInputError
+    from dropmae.segmentation.datasets import SegmentationDataError
+    from dropmae.tracking.datasets import TrackingDataError
+    from dropmae.tracking.metrics import MetricsError
+
+    try:
+        run()
+    except (ClipInputError, SegmentationDataError, TrackingDataError, MetricsError, FileNotFoundError) as error:
+        print(f"dropmae: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_track(args) -> int:
+    from dropmae.clip_commands import parse_box, track_clip
+
+    def run():
+        result = track_clip(args.tracker, parse_box(args.box), args.output, video=args.video, frames=args.frames,
+                            name=args.name, output_video=args.output_video, device=args.device,
+                            progress=not args.quiet)
+        print(f"tracked {result['frames']} frames ({result['fps'] or 0:.1f} fps); boxes in {result['result']}"
+              + (f", video {result['video']}" if result["video"] else ""))
+
+    return _clip_command(run)
+
+
+def cmd_segment(args) -> int:
+    from dropmae.clip_commands import segment_clip
+
+    def run():
+        result = segment_clip(args.segmenter, args.mask, args.output, video=args.video, frames=args.frames,
+                              output_video=args.output_video, device=args.device, progress=not args.quiet)
+        print(f"segmented {result['frames']} frames, objects {result['objects']}; masks in {result['results']}"
+              + (f", video {result['video']}" if result["video"] else ""))
+
+    return _clip_command(run)
+
+
+def cmd_score_tracking(args) -> int:
+    from dropmae.clip_commands import score_tracking
+
+    def run():
+        metrics = score_tracking(args.format, args.root, args.results, args.output, args.split, args.name)
+        if args.format == "got10k":
+            print(f"AO {metrics['ao']:.4f}  SR0.5 {metrics['sr50']:.4f}  SR0.75 {metrics['sr75']:.4f}")
+        else:
+            print(f"AUC {metrics['auc']:.2f}  P {metrics['precision']:.2f}  P_norm {metrics['norm_precision']:.2f}")
+        print(f"wrote metrics.json, per_sequence.csv and plots to {args.output}")
+
+    return _clip_command(run)
+
+
+def cmd_score_vos(args) -> int:
+    from dropmae.clip_commands import score_vos
+
+    def run():
+        metrics = score_vos(args.root, args.results, args.output, args.split, args.format)
+        print(f"J&F {metrics['J&F-Mean']:.4f}  J {metrics['J-Mean']:.4f}  F {metrics['F-Mean']:.4f}")
+        print(f"wrote global_results-{args.split}.csv, per-sequence_results-{args.split}.csv, metrics.json "
+              f"to {args.output}")
+
+    return _clip_command(run)
+
+
+def _add_clip_arguments(parser: argparse.ArgumentParser) -> None:
+    clip = parser.add_mutually_exclusive_group(required=True)
+    clip.add_argument("--video", metavar="FILE", help="a video file (any format FFmpeg decodes)")
+    clip.add_argument("--frames", metavar="DIR", help="a folder of .jpg / .png frames (natural sort order)")
+    parser.add_argument("--output-video", metavar="FILE.mp4", help="also write an annotated H.264 mp4")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dropmae", description=__doc__)
     parser.add_argument("--debug", action="store_true",
@@ -364,6 +455,83 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = commands.add_parser("schema", help="print the JSON Schema of params.yaml (rules/schemas/)")
     schema.set_defaults(handler=cmd_schema)
+    export = commands.add_parser(
+        "export-encoder", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="write a pretrained encoder as a timm ViT safetensors file",
+        description="Reads a checkpoint (ours, an MAE-style training snapshot such as the authors' DropMAE "
+                    "releases, or a timm ViT state dict / .safetensors) and writes a timm VisionTransformer state "
+                    "dict (no class token, global average pooling, frame 0's embedding folded into the position "
+                    "table) that timm.create_model loads as pretrained weights. Prints the exact create_model call.",
+        epilog="example:\n  dropmae export-encoder --checkpoint results/pretrain/k400/dropmae_ep1600/model.pth "
+               "--output dropmae_vitb.safetensors")
+    export.add_argument("--checkpoint", required=True, metavar="FILE", help="the checkpoint to export")
+    export.add_argument("--output", required=True, metavar="FILE", help="the .safetensors file to write")
+    export.add_argument("--format", choices=["dropmae", "mae_snapshot", "timm"],
+                        help="the checkpoint's layout (default: detected from its keys)")
+    export.set_defaults(handler=cmd_export_encoder)
+
+    described = dict(formatter_class=argparse.RawDescriptionHelpFormatter)
+    track = commands.add_parser(
+        "track", help="track one object through a clip with a fine-tuned tracker", **described,
+        description="Reads a fine-tuned tracker (runs/track/<name>/model.pth), a clip (--video or --frames) and "
+                    "the target's first-frame box. Writes GOT-10k result files OUTPUT/<name>/<name>_001.txt (one "
+                    "x,y,w,h box per frame, frame 0 = the given box) and <name>_time.txt (seconds per frame), and "
+                    "with --output-video an mp4 with the boxes drawn.",
+        epilog="example:\n  dropmae track --tracker runs/track/k400/dropmae_ep1600/model.pth --video dog.mp4 "
+               "--box 120,80,64,48 --output tracks/ --output-video tracks/dog.mp4")
+    track.add_argument("--tracker", required=True, metavar="MODEL", help="a fine-tuned tracker's model.pth")
+    track.add_argument("--box", required=True, metavar="x,y,w,h", help="the target in the first frame (pixels)")
+    track.add_argument("--output", required=True, metavar="DIR", help="folder for the GOT-10k result files")
+    track.add_argument("--name", help="sequence name of the result files (default: the clip's file or folder name)")
+    _add_clip_arguments(track)
+    track.set_defaults(handler=cmd_track)
+
+    segment = commands.add_parser(
+        "segment", help="segment objects through a clip from a first-frame mask with a fine-tuned segmenter",
+        **described,
+        description="Reads a fine-tuned segmenter (runs/segment/<name>/model.pth), a clip (--video or --frames) and "
+                    "the first frame's mask (a palette or greyscale PNG of object ids; 0 background, 255 void). "
+                    "Writes one DAVIS palette PNG per frame, OUTPUT/<frame>.png (video frames are named 00000, "
+                    "00001, ...), times.txt (seconds per frame), and with --output-video an overlay mp4.",
+        epilog="example:\n  dropmae segment --segmenter runs/segment/k400/dropmae_ep1600/model.pth --frames "
+               "clip/ --mask clip_masks/00000.png --output masks/ --output-video masks/overlay.mp4")
+    segment.add_argument("--segmenter", required=True, metavar="MODEL", help="a fine-tuned segmenter's model.pth")
+    segment.add_argument("--mask", required=True, metavar="FIRST.png", help="the first frame's object mask")
+    segment.add_argument("--output", required=True, metavar="DIR", help="folder for the palette PNGs")
+    _add_clip_arguments(segment)
+    segment.set_defaults(handler=cmd_segment)
+
+    score_track = commands.add_parser(
+        "score-tracking", help="score any tracker's result files on a tracking benchmark", **described,
+        description="Reads a benchmark (--root, in its own layout) and result files (--results): GOT-10k "
+                    "<seq>/<seq>_001.txt (or OSTrack's unpacked <seq>.txt), LaSOT / TNL2K / TrackingNet <seq>.txt. "
+                    "Scores them with the benchmark's official protocol (GOT-10k: the got10k toolkit's AO, SR0.5, "
+                    "SR0.75; others: pytracking's AUC, P, P_norm) and writes OUTPUT/metrics.json, per_sequence.csv, "
+                    "success.png and, for LaSOT / TNL2K / TrackingNet, precision.png and norm_precision.png.",
+        epilog="example:\n  dropmae score-tracking --format lasot --root data/lasot --results "
+               "ostrack/tracking_results/lasot --output scores/lasot")
+    score_track.add_argument("--format", required=True, choices=["got10k", "lasot", "tnl2k", "trackingnet"])
+    score_track.add_argument("--root", required=True, metavar="DIR", help="the benchmark's root folder")
+    score_track.add_argument("--results", required=True, metavar="DIR", help="the tracker's result files")
+    score_track.add_argument("--output", required=True, metavar="DIR", help="folder for the scores and plots")
+    score_track.add_argument("--split", help="benchmark split (default: got10k val, lasot / tnl2k / trackingnet test)")
+    score_track.add_argument("--name", default="tracker", help="the tracker's name in the plots' legends")
+    score_track.set_defaults(handler=cmd_score_tracking)
+
+    score_seg = commands.add_parser(
+        "score-vos", help="score any segmenter's result PNGs on DAVIS (J&F)", **described,
+        description="Reads a DAVIS root (JPEGImages/480p, Annotations/480p, ImageSets) and result PNGs "
+                    "RESULTS/<seq>/<frame>.png. Scores them with the DAVIS 2017 semi-supervised protocol (first and "
+                    "last frames excluded) and writes davis2017-evaluation's files "
+                    "OUTPUT/global_results-<split>.csv and per-sequence_results-<split>.csv, and metrics.json.",
+        epilog="example:\n  dropmae score-vos --root data/DAVIS --results my_vos_results --output scores/davis")
+    score_seg.add_argument("--root", required=True, metavar="DIR", help="the DAVIS root folder")
+    score_seg.add_argument("--results", required=True, metavar="DIR", help="the result PNGs, one folder per sequence")
+    score_seg.add_argument("--output", required=True, metavar="DIR", help="folder for the CSV files")
+    score_seg.add_argument("--split", default="val", help="DAVIS split (default val)")
+    score_seg.add_argument("--format", default="davis2017", choices=["davis2017", "davis2016"],
+                           help="DAVIS 2017 (multi-object, default) or 2016 (single object)")
+    score_seg.set_defaults(handler=cmd_score_vos)
     return parser
 
 

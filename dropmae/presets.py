@@ -51,6 +51,17 @@ TRACKING_PRESETS: dict[str, dict] = {
 }
 
 
+# OSTrack's / DropTrack's experiment names for the same recipes (their ViT-B comes from the
+# pretraining checkpoint here, whatever its size), so a user can write the names they know.
+OSTRACK_EXPERIMENT_NAMES = {
+    "vitb_256_mae_ce_32x4_got10k_ep100": "search256_got10k_ep100",
+    "vitb_256_mae_ce_32x4_ep300": "search256_full_ep300",
+    "vitb_384_mae_ce_32x4_got10k_ep100": "search384_got10k_ep100",
+    "vitb_384_mae_ce_32x4_ep300": "search384_full_ep300",
+}
+TRACKING_PRESETS.update({alias: TRACKING_PRESETS[name] for alias, name in OSTRACK_EXPERIMENT_NAMES.items()})
+
+
 # ------------------------------------------------------------------------ segmentation
 SEGMENTATION_PRESETS: dict[str, dict] = {
     "davis_youtube": {

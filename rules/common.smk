@@ -35,7 +35,12 @@ TABLE_OUTPUTS = [layout.table_csv(t) for t in layout.TABLES] + [
 # scratch, or the trivial baseline first_box / first_mask (see layout).
 CELL_PATTERN = "(" + "|".join(SOURCES) + r")/(twinmae|dropmae)_ep[1-9]\d*"
 RANDOM_INIT_PATTERN = "(" + "|".join(SOURCES) + f")/{layout.RANDOM_INIT}"
-TRAINED_PATTERN = f"{layout.SCRATCH}|{CELL_PATTERN}|{RANDOM_INIT_PATTERN}"
+# external_encoders' rows: external/<key>.
+EXTERNAL_KEYS = list(PARAMS.external_encoders)
+EXTERNAL_PATTERN = f"{layout.EXTERNAL}/(" + "|".join(EXTERNAL_KEYS) + ")" if EXTERNAL_KEYS else None
+TRAINED_PATTERN = "|".join(
+    p for p in (layout.SCRATCH, CELL_PATTERN, RANDOM_INIT_PATTERN, EXTERNAL_PATTERN) if p
+)
 TRACKING_BENCHMARKS = "|".join(PARAMS.tracking.evaluate) or "none"
 SEGMENTATION_BENCHMARKS = "|".join(PARAMS.segmentation.evaluate) or "none"
 
@@ -49,6 +54,7 @@ wildcard_constraints:
     segmenter=f"{layout.FIRST_MASK}|{TRAINED_PATTERN}",
     # Each rule narrows this to its own task's evaluate benchmarks.
     benchmark=f"{TRACKING_BENCHMARKS}|{SEGMENTATION_BENCHMARKS}",
+    external="|".join(EXTERNAL_KEYS) or "none",
 
 
 onstart:
@@ -64,6 +70,15 @@ def source_videos(wildcards):
     if videos == layout.demo_videos() or os.path.exists(videos):
         return videos
     print(f"warning: data.sources.{wildcards.source}.videos = {videos} does not exist (a real run stops)")
+    return []
+
+
+def external_checkpoint(wildcards):
+    """An external encoder's file as an input (a missing one stops the run in onstart, naming its key)."""
+    path = PARAMS.external_encoders[wildcards.external].path
+    if os.path.isfile(path):
+        return path
+    print(f"warning: external_encoders.{wildcards.external}.path = {path} does not exist (a real run stops)")
     return []
 
 
@@ -167,6 +182,9 @@ def table_inputs(table):
     probe = layout.probe_results(PARAMS, table)
     if probe:
         inputs["probe"] = probe
+    external = [encoder.paths(layout.CELL_METRICS) for encoder in layout.external_encoders(PARAMS, table)]
+    if external:
+        inputs["external"] = external
     return inputs
 
 

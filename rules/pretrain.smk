@@ -42,3 +42,23 @@ rule random_init:
         "envs/dropmae.yaml"
     script:
         "../workflow_scripts/random_init.py"
+
+
+# An external pretrained encoder (params.yaml external_encoders.<key>): its file read weights-only
+# and converted to a cell's model.pth format (dropmae.models.external), with its label, format,
+# load report and the sha256 of the file for the tables. Seconds on the submitting host.
+rule import_external:
+    input:
+        checkpoint=external_checkpoint,
+    output:
+        model=layout.EXTERNAL_MODEL,
+        metrics=layout.EXTERNAL_METRICS,
+    log:
+        layout.log_path("import_external", "{external}"),
+    params:
+        encoder=lambda wildcards: as_json(PARAMS.external_encoders[wildcards.external]),
+    localrule: True
+    conda:
+        "envs/dropmae.yaml"
+    script:
+        "../workflow_scripts/import_external.py"

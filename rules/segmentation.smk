@@ -115,3 +115,26 @@ rule probe_random_init:
         "envs/dropmae.yaml"
     script:
         "../workflow_scripts/probe.py"
+
+
+# The probe of an external encoder (external_encoders.<key>): the same job on its converted model.pth.
+rule probe_external:
+    input:
+        unpack(probe_inputs),
+    output:
+        metrics=layout.EXTERNAL_PROBE_METRICS,
+        overlay=layout.EXTERNAL_PROBE_OVERLAY,
+        raw=directory(layout.EXTERNAL_PROBE_RAW),
+    log:
+        layout.log_path("probe", "external/{external}/{benchmark}"),
+    params:
+        probe=probe_params,
+    wildcard_constraints:
+        benchmark=SEGMENTATION_BENCHMARKS,
+    threads: PARAMS.launcher.evaluate.cpus
+    resources:
+        **job_resources("evaluate"),
+    conda:
+        "envs/dropmae.yaml"
+    script:
+        "../workflow_scripts/probe.py"

@@ -46,7 +46,7 @@ def config_to_dict(config: Config) -> dict:
 # the paper's K400 source of params.yaml, nor an overlay's study the settings it does not list.
 REPLACED_WHOLE = (("data", "sources"), ("tracking", "benchmarks"), ("tracking", "train"), ("tracking", "evaluate"),
                   ("segmentation", "benchmarks"), ("segmentation", "train"), ("segmentation", "evaluate"),
-                  ("attention_study", "settings"))
+                  ("attention_study", "settings"), ("external_encoders",))
 
 
 def deep_merge(base: dict, overlay: dict, _path: tuple[str, ...] = ()) -> dict:

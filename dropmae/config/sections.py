@@ -372,6 +372,16 @@ class SegmentationConfig:
 
 
 @dataclass(frozen=True)
+class ExternalEncoderConfig:
+    """A pretrained encoder from outside the DAG, a row of the pretraining table like a cell:
+    fine-tuned as a tracker and a segmenter and probed (dropmae.models.external reads it)."""
+
+    path: str  # the checkpoint file
+    format: str  # dropmae (ours) | mae_snapshot (the authors' DropMAE / MAE training snapshots) | timm
+    label: str  # the row's name in the tables, e.g. "DropMAE K700 800 ep (authors)"
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -381,6 +391,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     attention_study: AttentionStudyConfig = field(default_factory=AttentionStudyConfig)
+    external_encoders: dict[str, ExternalEncoderConfig] = field(default_factory=dict)
 
 
 def _study_overrides(config: Config, setting: str) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from dropmae.config.sections import (
     study_epochs,
     study_pretrain,
 )
-from dropmae.models.specs import ENCODER_SPECS, MASKING_MODES
+from dropmae.models.specs import ENCODER_SPECS, EXTERNAL_FORMATS, MASKING_MODES
 from dropmae.presets import SEGMENTATION_PRESETS, TRACKING_PRESETS
 
 
@@ -99,6 +99,11 @@ def build_section(cls: type, values: dict, prefix: str = ""):
             f"unknown key {where}{unknown[0]!s}" + (f" (and {unknown[1:]})" if len(unknown) > 1 else "")
             + f"; allowed under {prefix or 'the top level'}: {sorted(names)}"
         )
+    required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING and f.name not in values]
+    if required:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"missing key {where}{required[0]} (required: {required})")
     kwargs = {}
     for name, value in values.items():
         kwargs[name] = _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
@@ -192,6 +197,7 @@ def validate(config: Config, *, check_study: bool = True) -> Config:
         _require(resources.gpus >= 0, f"launcher.{name}.gpus", "must be >= 0", resources.gpus)
     _validate_tracking(config)
     _validate_segmentation(config)
+    _validate_external_encoders(config)
     if check_study:
         _validate_attention_study(config)
     return config
@@ -285,6 +291,21 @@ def _validate_segmentation(config: Config) -> None:
     _require(s.precision in PRECISIONS, "segmentation.precision", f"must be one of {list(PRECISIONS)}", s.precision)
 
 
+def _validate_external_encoders(config: Config) -> None:
+    """Names usable as folder names, a known format, a label for the table; the DAG files their
+    rows under runs/pretrain/external/<name>, so no data source may be called "external"."""
+    for name, encoder in config.external_encoders.items():
+        key = f"external_encoders.{name}"
+        _require(name.replace("_", "").replace("-", "").isalnum(), key, "names are letters, digits, - and _", name)
+        _require(encoder.format in EXTERNAL_FORMATS, f"{key}.format", f"must be one of {list(EXTERNAL_FORMATS)}",
+                 encoder.format)
+        _require(bool(encoder.label.strip()), f"{key}.label", "must name the row for the tables", encoder.label)
+        _require(bool(encoder.path.strip()), f"{key}.path", "must name the checkpoint file", encoder.path)
+    if config.external_encoders:
+        _require("external" not in config.data.sources, "data.sources.external",
+                 "the name 'external' is taken by external_encoders' rows", "external")
+
+
 def check_data_paths(config: Config, root: str | Path = ".") -> None:
     """Every data source exists on disk (or is the demo tree the DAG builds); run before submitting jobs."""
     for name, source in config.data.sources.items():
@@ -302,5 +323,8 @@ def check_data_paths(config: Config, root: str | Path = ".") -> None:
                 continue
             if not (Path(root) / bench.root).exists():
                 raise ConfigError(f"{prefix}.benchmarks.{name}.root: {bench.root} does not exist (a {bench.format} benchmark folder)")
+    for name, encoder in config.external_encoders.items():
+        if not (Path(root) / encoder.path).is_file():
+            raise ConfigError(f"external_encoders.{name}.path: {encoder.path} is not a file (a {encoder.format} checkpoint)")
 
 

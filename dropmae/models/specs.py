@@ -23,5 +23,8 @@ ENCODER_SPECS: dict[str, EncoderSpec] = {
     "large": EncoderSpec(embed_dim=1024, depth=24, num_heads=16),
 }
 
+# Layouts of pretrained encoder checkpoints from outside the DAG (dropmae.models.external).
+EXTERNAL_FORMATS = ("dropmae", "mae_snapshot", "timm")
+
 # How DropMAE masks the 2N tokens of a pair: over both frames together, or per frame.
 MASKING_MODES = ("joint", "per_frame")

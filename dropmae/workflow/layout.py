@@ -84,6 +84,19 @@ RANDOM_INIT_PROBE_RAW = PROBE_RAW.replace(CELL, RANDOM_INIT)
 RANDOM_INIT_PROBE_OVERLAY = PROBE_OVERLAY.replace(CELL, RANDOM_INIT)
 
 
+# An external pretrained encoder (params.yaml external_encoders.<key>): its files sit where a cell's
+# would, in external/<key> instead of <source>/<method>_ep<epochs>; its trackers, segmenters and
+# probe are named "external/<key>" (ExternalEncoder.name). model.pth is the file converted to our
+# checkpoint format; metrics.json records its label, format, source file and both sha256s.
+EXTERNAL = "external"
+EXTERNAL_FOLDER = EXTERNAL + "/{external}"
+EXTERNAL_MODEL = MODEL.replace("{source}/" + CELL, EXTERNAL_FOLDER)
+EXTERNAL_METRICS = CELL_METRICS.replace("{source}/" + CELL, EXTERNAL_FOLDER)
+EXTERNAL_PROBE_METRICS = PROBE_METRICS.replace("{source}/" + CELL, EXTERNAL_FOLDER)
+EXTERNAL_PROBE_RAW = PROBE_RAW.replace("{source}/" + CELL, EXTERNAL_FOLDER)
+EXTERNAL_PROBE_OVERLAY = PROBE_OVERLAY.replace("{source}/" + CELL, EXTERNAL_FOLDER)
+
+
 def table_csv(table: str) -> str:
     return f"results/table_{table}.csv"
 
@@ -121,6 +134,30 @@ class RandomInit:
     def record(self) -> dict:
         """As Cell.record: what the DAG's metrics write of it."""
         return {"source": self.source}
+
+
+@dataclass(frozen=True)
+class ExternalEncoder:
+    """An encoder of params.yaml external_encoders; its paths are a cell's templates with the
+    cell's folder replaced by external/<key>, so the probe and the tables treat it like a cell."""
+
+    key: str
+
+    def paths(self, template: str, **wildcards: str) -> str:
+        return template.replace("{source}/" + CELL, EXTERNAL_FOLDER).format(external=self.key, **wildcards)
+
+    @property
+    def name(self) -> str:
+        return f"{EXTERNAL}/{self.key}"
+
+    def record(self) -> dict:
+        """As Cell.record: what the DAG's metrics write of it."""
+        return {"external": self.key}
+
+
+def external_encoders(config: Config, table: str = "pretraining") -> list[ExternalEncoder]:
+    """The external encoders a table shows (the pretraining table only)."""
+    return [ExternalEncoder(key) for key in config.external_encoders] if table == "pretraining" else []
 
 
 def table_source(config: Config) -> str:
@@ -224,7 +261,7 @@ class Downstream:
         if table == "pretraining":
             control = random_init_control(config, table)
             names = (([SCRATCH] if self.settings(config).baseline else []) + ([control.name] if control else [])
-                     + [self.trivial] + names)
+                     + [self.trivial] + [encoder.name for encoder in external_encoders(config, table)] + names)
         return names
 
     def table_results(self, config: Config, table: str) -> list[str]:
@@ -242,12 +279,14 @@ SEGMENTATION = Downstream("segmentation", "segmenter", FIRST_MASK, SEGMENTER_MOD
 DOWNSTREAM = (TRACKING, SEGMENTATION)
 
 
-def encoder_of_model(name: str) -> Cell | RandomInit | None:
-    """The pretraining cell or random-init control a tracker or segmenter starts from (None for
-    SCRATCH and the trivial baselines)."""
+def encoder_of_model(name: str) -> Cell | RandomInit | ExternalEncoder | None:
+    """The pretraining cell, random-init control or external encoder a tracker or segmenter starts
+    from (None for SCRATCH and the trivial baselines)."""
     if name in (SCRATCH, FIRST_BOX, FIRST_MASK):
         return None
     source, _, rest = name.partition("/")
+    if source == EXTERNAL and rest:
+        return ExternalEncoder(rest)
     if source and rest == RANDOM_INIT:
         return RandomInit(source)
     return parse_cell(name)
@@ -258,12 +297,13 @@ def probe_enabled(config: Config) -> bool:
     return config.segmentation.probe.enabled and bool(config.segmentation.evaluate)
 
 
-def table_probe_encoders(config: Config, table: str) -> list[Cell | RandomInit]:
-    """The encoders a table shows probe scores of: its cells, and the pretraining table's control."""
+def table_probe_encoders(config: Config, table: str) -> list[Cell | RandomInit | ExternalEncoder]:
+    """The encoders a table shows probe scores of: its cells, and the pretraining table's control
+    and external encoders."""
     if not probe_enabled(config) or table == "attention":
         return []
     control = random_init_control(config, table)
-    return table_cells(config, table) + ([control] if control else [])
+    return table_cells(config, table) + ([control] if control else []) + external_encoders(config, table)
 
 
 def probe_results(config: Config, table: str) -> list[str]:

@@ -10,15 +10,18 @@ from pathlib import Path
 from typing import Iterator
 
 from dropmae.config import Config, config_from_dict
-from dropmae.workflow.layout import Cell, RandomInit
+from dropmae.workflow.layout import Cell, ExternalEncoder, RandomInit
 
 
 def cell_of(wildcards) -> Cell:
     return Cell(source=wildcards.source, method=wildcards.method, epochs=int(wildcards.epochs))
 
 
-def probed_encoder_of(wildcards) -> Cell | RandomInit:
-    """A probe job's encoder: a pretraining cell, or (no method wildcard) the source's random-init control."""
+def probed_encoder_of(wildcards) -> Cell | RandomInit | ExternalEncoder:
+    """A probe job's encoder: a pretraining cell, an external encoder (an external wildcard), or
+    (neither) the source's random-init control."""
+    if hasattr(wildcards, "external"):
+        return ExternalEncoder(wildcards.external)
     return cell_of(wildcards) if hasattr(wildcards, "method") else RandomInit(wildcards.source)
 
 

@@ -20,7 +20,7 @@ from dropmae.engine.checkpoint import LAST_CHECKPOINT, atomic_torch_save, load_c
 from dropmae.engine.loop import default_device
 from dropmae.progress import track
 from dropmae.workflow import layout
-from dropmae.workflow.layout import Cell, RandomInit, ensure_parent, frames_dir
+from dropmae.workflow.layout import Cell, ExternalEncoder, RandomInit, ensure_parent, frames_dir
 
 RUN_ARTIFACTS = ("checkpoint-*.pth", "log.jsonl", "summary.json")
 # What a finished pretraining cell's model.pth holds (checkpoint-last without optimiser, scaler and RNG state).
@@ -164,6 +164,36 @@ def random_init_stage(config: Config, control: RandomInit, model_path: str | Pat
                           "seed": config.pretrain.seed}}
     ensure_parent(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")
     report(f"{control.name}: untrained {m.encoder} model (seed {config.pretrain.seed}), wrote {model_path}")
+    return metrics
+
+
+def import_external_stage(config: Config, encoder: ExternalEncoder, model_path: str | Path, metrics_path: str | Path,
+                          report: Callable[[str], None] = print) -> dict:
+    """Convert an external pretrained encoder (external_encoders.<key>) to a cell's model.pth format,
+    with its identity for the tables: label, format, the source file's sha256 and the load report."""
+    from timm.layers import build_sincos2d_pos_embed
+
+    from dropmae.models.external import load_external_encoder
+
+    spec = config.external_encoders[encoder.key]
+    source_sha256 = sha256_of(spec.path)
+    checkpoint, load_report = load_external_encoder(spec.path, spec.format)
+    table = checkpoint["model"]["pos_embed"].float()
+    grid = load_report.img_size // load_report.patch_size
+    # The probe rebuilds a sin-cos table for other frame sizes only when the file's table is ours.
+    sincos = bool(torch.allclose(table[0], build_sincos2d_pos_embed([grid, grid], table.shape[-1]), atol=1e-5))
+    identity = {"key": encoder.key, "label": spec.label, "format": load_report.format, "source": spec.path,
+                "source_sha256": source_sha256, "sincos_positions": sincos, "load_report": load_report.record()}
+    atomic_torch_save({"model": checkpoint["model"], "config": checkpoint["config"], "external": identity},
+                      ensure_parent(model_path))
+    metrics = {**encoder.record(), "source": layout.EXTERNAL, "method": spec.label, "label": spec.label,
+               "format": load_report.format, "checkpoint": spec.path, "checkpoint_sha256": source_sha256,
+               "converted": str(model_path), "converted_sha256": sha256_of(model_path), "sincos_positions": sincos,
+               "load_report": load_report.record(),
+               "params": {"encoder": load_report.encoder, "img_size": load_report.img_size,
+                          "patch_size": load_report.patch_size, "format": load_report.format}}
+    ensure_parent(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")
+    report(f"{encoder.name}: {load_report.summary()}; wrote {model_path}")
     return metrics
 
 
@@ -486,16 +516,23 @@ def probe_stage(config: Config, cell: Cell | RandomInit, benchmark: str, model_p
                 report: Callable[[str], None] = print) -> dict:
     """Label propagation with the frozen pretraining encoder of one cell, or the random-init control
     (no fine-tuning), scored like a segmenter."""
-    from dropmae.segmentation.probe import PropagationSettings, run_probe
+    from dropmae.segmentation.probe import PropagationSettings, frame_encoder_from_checkpoint, run_probe
 
     bench, split, sequences = _segmentation_split(config, benchmark)
     probe = dataclasses.asdict(config.segmentation.probe)
     probe.pop("enabled")
     settings = PropagationSettings(**probe)
     raw_dir = _fresh_folder(raw_dir)
-    timing = run_probe(model_path, sequences, raw_dir, settings, default_device())
+    encoder, positions = model_path, "rebuild"
+    if isinstance(cell, ExternalEncoder) and not load_checkpoint(model_path)["external"]["sincos_positions"]:
+        # A learned (timm) or other table cannot be rebuilt as sin-cos for other grids: interpolate it.
+        positions = "interpolate"
+        encoder = frame_encoder_from_checkpoint(model_path, default_device(), positions=positions)
+        report(f"{cell.name}: its position table is not our sin-cos table; the probe interpolates it")
+    timing = run_probe(encoder, sequences, raw_dir, settings, default_device())
     metrics: dict = {**cell.record(), "benchmark": benchmark, "format": bench.format, "split": split,
-                     **timing, "settings": dataclasses.asdict(settings), "results": str(raw_dir),
+                     **timing, "settings": dataclasses.asdict(settings), "positions": positions,
+                     "results": str(raw_dir),
                      "checkpoint": str(model_path), "checkpoint_sha256": sha256_of(model_path)}
     return _write_scored(metrics, sequences, raw_dir, metrics_path, overlay_path,
                          f"probe {cell.name} on {benchmark} ({split})", report)

@@ -28,9 +28,11 @@ from dropmae.workflow.layout import (
     TRACKING,
     Cell,
     Downstream,
+    ExternalEncoder,
     RandomInit,
     datasource_epochs,
     ensure_parent,
+    external_encoders,
     random_init_control,
     table_cells,
     table_probe_encoders,
@@ -76,10 +78,10 @@ class MissingResultError(FileNotFoundError):
     """A table needs a per-cell result file that no rule has written."""
 
 
-def _read_metrics(cell: Cell | RandomInit) -> dict:
+def _read_metrics(cell: Cell | RandomInit | ExternalEncoder) -> dict:
     path = Path(cell.paths(CELL_METRICS))
     if not path.is_file():
-        stage = "random_init" if isinstance(cell, RandomInit) else "analyse"
+        stage = {RandomInit: "random_init", ExternalEncoder: "import_external"}.get(type(cell), "analyse")
         raise MissingResultError(f"{path}: no result for {cell.name}; run its {stage} stage first")
     return json.loads(path.read_text())
 
@@ -88,6 +90,14 @@ def _control_identity(control: RandomInit) -> dict:
     """The random-init row's source, checkpoint and recipe, as its random_init stage wrote them."""
     metrics = _read_metrics(control)
     identity = {key: metrics[key] for key in ("source", "epochs", "global_step", "checkpoint", "checkpoint_sha256")}
+    return {**identity, "params": json.dumps(metrics["params"], sort_keys=True)}
+
+
+def _external_identity(encoder: ExternalEncoder) -> dict:
+    """An external encoder's row identity, as its import_external stage wrote it: the label as the
+    method, the file it came from and that file's sha256, the format and sizes read from it."""
+    metrics = _read_metrics(encoder)
+    identity = {key: metrics[key] for key in ("source", "method", "checkpoint", "checkpoint_sha256")}
     return {**identity, "params": json.dumps(metrics["params"], sort_keys=True)}
 
 
@@ -153,7 +163,8 @@ def _with_downstream(config: Config, frame: pd.DataFrame, cells: list[Cell], tab
     tasks = [(task, task.table_models(config, table)) for task in DOWNSTREAM]
     tasks = [(task, models) for task, models in tasks if models]
     probed = table_probe_encoders(config, table)
-    if not tasks and not probed:
+    externals = external_encoders(config, table)
+    if not tasks and not probed and not externals:
         return frame
     rows = []
     for cell in cells:
@@ -175,6 +186,15 @@ def _with_downstream(config: Config, frame: pd.DataFrame, cells: list[Cell], tab
         row = {"method": label, **(_control_identity(encoder) if encoder else {})}
         for task in holders:
             row.update(_downstream_scores(config, task, name))
+        if encoder in probed:
+            row.update(_probe_scores(config, encoder))
+        baselines.append(row)
+    # External encoders sit between the baselines and the cells, each with all its scores.
+    for encoder in externals:
+        row = _external_identity(encoder)
+        for task, models in tasks:
+            if encoder.name in models:
+                row.update(_downstream_scores(config, task, encoder.name))
         if encoder in probed:
             row.update(_probe_scores(config, encoder))
         baselines.append(row)
@@ -238,9 +258,17 @@ CONTROL_NOTE = ("Random init (never trained): the table source's pretraining mod
                 "what its pretraining added (analysis.random_init_control).")
 
 
+EXTERNAL_NOTE = ("Rows with source 'external': pretrained encoders from outside the DAG (params.yaml "
+                 "external_encoders), converted to our encoder (class-token slot dropped, the authors' frame "
+                 "embeddings mapped to ours, zeros where the file has none) and fine-tuned and probed like the "
+                 "cells; the sha256 is the file's own.")
+
+
 def _notes(config: Config, table: str) -> list[str]:
     """The measured quantities, and a note on each downstream task the table shows."""
     notes = [MEASURED]
+    if external_encoders(config, table):
+        notes.append(EXTERNAL_NOTE)
     if TRACKING.table_models(config, table):
         notes.append(TRACKING_NOTE)
     if SEGMENTATION.table_models(config, table) or table_probe_encoders(config, table):
