@@ -85,6 +85,9 @@ class PretrainConfig:
     warmup_epochs: int = 40
     precision: str = "auto"  # bf16 on GPU and fp32 on CPU when auto
     compile: bool = False  # torch.compile the training model (the same computation, fused kernels)
+    # ASAD's implementation: auto (the fused Triton kernels on CUDA, torch elsewhere), torch or
+    # triton. The same distribution of the draw; the random numbers differ.
+    asad_kernel: str = "auto"
     num_workers: int = 10
     seed: int = 0
     keep_epochs: list[int] = field(default_factory=list)  # epochs whose checkpoint is kept besides -last

@@ -28,7 +28,7 @@ PRETRAINED_MODEL_KEYS = ("model", "config", "run", "epoch", "global_step")
 # written under other values of these is resumed as it is.
 OPERATIONAL_KEYS = {
     "pretrain": {"methods", "epochs", "num_workers", "keep_epochs", "checkpoint_every_steps", "log_every_steps",
-                 "compile"},
+                 "compile", "asad_kernel"},
     "data.extraction": {"workers", "max_bad_fraction", "pack"},  # a pack holds the same bytes as the frames
 }
 
