@@ -181,7 +181,11 @@ def _race_pass_kernel(q_ptr, k_ptr, stats_ptr, seed_ptr, hist_ptr, block_hist_pt
                                mask=earlier < block, other=0)
         ties_taken = tl.sum(ties_earlier, 0)
         bit_of_key = tl.arange(0, BLOCK_N)
-    for start in range(0, L, BLOCK_N):
+    # Only the key tiles of the frames these queries belong to hold candidates: cross-frame
+    # blocks (half the matrix) are skipped; their words stay 0 (the bitmask starts zeroed).
+    first_key = (block * BLOCK_M // N) * N // BLOCK_N * BLOCK_N
+    last_key = tl.minimum(L, ((tl.minimum(block * BLOCK_M + BLOCK_M, L) - 1) // N + 1) * N)
+    for start in range(first_key, last_key, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         s = _dot(q, tl.trans(_load_rows(k_base, cols, offs_d, L, D, sk_l, sk_d)), IEEE) * scale
         encoded, candidate = _race_key_encoding(s, rows, cols, L, N, row_max, inv_partition, log_coef, seed, bh)
@@ -301,7 +305,7 @@ def asad_race_keys(q: torch.Tensor, k: torch.Tensor, tokens_per_frame: int, seed
     batch, heads, length, _ = q.shape
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     stats, grid, common = _race_buffers(q, k, seed, tokens_per_frame, scale)
-    keys = torch.empty(batch, heads, length, length, device=q.device, dtype=torch.float32)
+    keys = torch.full((batch, heads, length, length), float("-inf"), device=q.device, dtype=torch.float32)
     unused = torch.zeros(1, device=q.device, dtype=torch.int32)
     _race_pass(q, k, stats, seed, unused, unused, keys, grid, common, 0, 2)
     return keys
