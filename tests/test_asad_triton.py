@@ -110,6 +110,34 @@ def test_draw_is_exactly_the_top_nd_race_keys(n, p, sharpness):
     assert abs(noise.mean() - 0.5772) < 0.08 and abs(noise.var() - 1.6449) < 0.25
 
 
+@kernels
+def test_equal_keys_are_broken_in_a_fixed_order_to_exactly_nd():
+    """Keys cut to their top 10 bits (a test-only switch) tie by the hundreds: still exactly N_d,
+    every key above the threshold taken, and at the threshold the first entries in the fixed
+    order (query block, key tile, query, key), across the programs of several query blocks."""
+    from dropmae.models.asad_triton import BLOCK_KEYS, BLOCK_QUERIES, _draw_bitmask, _draw_seed, asad_race_keys
+    from dropmae.models.asad_triton import unpack_drop_bitmask
+
+    n, p = 49, 0.3
+    q, k = _qk(1, 2, n, 16, seed=3)
+    length, num_drop, scale = 2 * n, num_dropped_entries(n, p), 16**-0.5
+    seed = _draw_seed(q.device, _same_generator(9))
+    dropped = unpack_drop_bitmask(_draw_bitmask(q, k, seed, n, num_drop, scale, key_bits=10), length).cpu()
+    keys = asad_race_keys(q, k, n, seed, scale, key_bits=10).cpu()
+    assert (dropped.sum((-1, -2)) == num_drop).all()
+    query, key = torch.meshgrid(torch.arange(length), torch.arange(length), indexing="ij")
+    order = ((query // BLOCK_QUERIES) * length + (key // BLOCK_KEYS)) * length * length + query * length + key
+    for head in range(2):
+        head_keys, head_dropped = keys[0, head], dropped[0, head]
+        threshold = head_keys[head_dropped].min()
+        assert (head_keys[~head_dropped & head_keys.isfinite()] <= threshold).all()
+        at_threshold = head_keys == threshold
+        assert at_threshold.sum() > head_dropped[at_threshold].sum() > 0, "no partial tie at the threshold"
+        tie_order = order[at_threshold].argsort()
+        taken = head_dropped[at_threshold][tie_order]
+        assert taken[: taken.sum()].all(), "ties were not taken in the fixed order"
+
+
 @pytest.mark.slow  # under the interpreter: 7 x 13 tiles x 6 passes of numpy
 @kernels
 def test_recipe_shape_drops_7448_of_76440():

@@ -71,20 +71,60 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _race_key_encoding(s, rows, cols, L, N, row_max, inv_partition, log_coef, seed, bh):
+def _race_key_encoding(s, rows, cols, L, N, row_max, inv_partition, log_coef, random_bits, KEY_BITS: tl.constexpr):
     """Monotone uint32 encoding of the race key log W - log E of each entry; 0 off the candidates."""
     candidate = ((rows[:, None] < L) & (cols[None, :] < L) & (rows[:, None] // N == cols[None, :] // N)
                  & (rows[:, None] != cols[None, :]))
-    counter = (rows[:, None] * L + cols[None, :]).to(tl.uint32)
-    zero = counter * 0
-    random_bits, _, _, _ = philox(seed, counter, zero + bh.to(tl.uint32), zero, zero)
     uniform = uint_to_uniform_float(random_bits)
     attention = tl.exp(s - row_max[:, None]) * inv_partition[:, None]
     key = log_coef[:, None] + tl.log(attention + 1e-6) - tl.log(-tl.log(uniform))
     bits = key.to(tl.uint32, bitcast=True)
     # Flip all bits of negatives and the sign bit of positives: unsigned order = float order.
     encoded = tl.where((bits >> 31) == 1, bits ^ 0xFFFFFFFF, bits | 0x80000000)
+    if KEY_BITS < 32:  # tests only: coarse keys, so that the tie-breaking path runs
+        encoded = encoded & (0xFFFFFFFF ^ ((1 << (32 - KEY_BITS)) - 1))
     return tl.where(candidate, encoded, 0), candidate
+
+
+@triton.jit
+def _race_tile(q, k_base, rows, start, offs_d, L, N, D, sk_l, sk_d, scale, row_max, inv_partition, log_coef,
+               seed, bh, HALF: tl.constexpr, IEEE: tl.constexpr, KEY_BITS: tl.constexpr):
+    """Encoded race keys (and candidacy) of key columns [start, start + HALF) and
+    [start + HALF, start + 2 HALF). One Philox call (counter: query * L + key of the first half,
+    sample * H + head) gives two of its four outputs, one per half: half the Philox work."""
+    cols_lo = start + tl.arange(0, HALF)
+    cols_hi = cols_lo + HALF
+    counter = (rows[:, None] * L + cols_lo[None, :]).to(tl.uint32)
+    zero = counter * 0
+    bits_lo, bits_hi, _, _ = philox(seed, counter, zero + bh.to(tl.uint32), zero, zero)
+    s_lo = _dot(q, tl.trans(_load_rows(k_base, cols_lo, offs_d, L, D, sk_l, sk_d)), IEEE) * scale
+    s_hi = _dot(q, tl.trans(_load_rows(k_base, cols_hi, offs_d, L, D, sk_l, sk_d)), IEEE) * scale
+    encoded_lo, candidate_lo = _race_key_encoding(s_lo, rows, cols_lo, L, N, row_max, inv_partition, log_coef,
+                                                  bits_lo, KEY_BITS)
+    encoded_hi, candidate_hi = _race_key_encoding(s_hi, rows, cols_hi, L, N, row_max, inv_partition, log_coef,
+                                                  bits_hi, KEY_BITS)
+    return encoded_lo, candidate_lo, encoded_hi, candidate_hi
+
+
+@triton.jit
+def _digit_histogram(encoded, candidate, prefix, PASS: tl.constexpr, BINS: tl.constexpr, SIZE: tl.constexpr):
+    """Histogram [2 BINS] of digit PASS of the keys whose higher digits are the prefix."""
+    shift: tl.constexpr = 32 - RADIX_BITS * (PASS + 1)
+    if PASS == 0:
+        agrees = candidate
+    else:
+        agrees = candidate & ((encoded >> (shift + RADIX_BITS)) == prefix)
+    # Entries that do not take part go to the upper half of the bins, which is ignored
+    # (a histogram without a mask argument, for older Triton).
+    digit = ((encoded >> shift) & (BINS - 1)).to(tl.int32) + tl.where(agrees, 0, BINS)
+    return tl.histogram(tl.reshape(digit, (SIZE,)), 2 * BINS)
+
+
+@triton.jit
+def _store_keys(out_ptr, bh, rows, cols, L, encoded, candidate):
+    sign_flipped = tl.where((encoded >> 31) == 1, encoded & 0x7FFFFFFF, encoded ^ 0xFFFFFFFF)
+    key = tl.where(candidate, sign_flipped.to(tl.float32, bitcast=True), float("-inf"))
+    tl.store(out_ptr + (bh * L + rows[:, None]) * L + cols[None, :], key, mask=(rows[:, None] < L) & (cols[None, :] < L))
 
 
 @triton.jit
@@ -152,7 +192,7 @@ def _race_pass_kernel(q_ptr, k_ptr, stats_ptr, seed_ptr, hist_ptr, block_hist_pt
                       sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d,
                       PASS: tl.constexpr, MODE: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr,
-                      BINS: tl.constexpr, ROW_BLOCKS: tl.constexpr):
+                      BINS: tl.constexpr, ROW_BLOCKS: tl.constexpr, KEY_BITS: tl.constexpr):
     """MODE 0: histogram of digit PASS of the keys sharing the chosen prefix. MODE 1: the bitmask.
     MODE 2: the race keys as floats (tests only)."""
     block, bh = tl.program_id(0), tl.program_id(1)
@@ -170,7 +210,6 @@ def _race_pass_kernel(q_ptr, k_ptr, stats_ptr, seed_ptr, hist_ptr, block_hist_pt
     words = tl.cdiv(L, BLOCK_N)
     if MODE == 0:
         prefix, need = _chosen_prefix(hist_ptr, bh, num_drop, PASS, BINS)
-        shift: tl.constexpr = 32 - RADIX_BITS * (PASS + 1)
         local = tl.zeros((2 * BINS,), tl.int32)
     if MODE == 1:
         threshold, ties_wanted = _chosen_prefix(hist_ptr, bh, num_drop, RADIX_PASSES, BINS)
@@ -180,38 +219,37 @@ def _race_pass_kernel(q_ptr, k_ptr, stats_ptr, seed_ptr, hist_ptr, block_hist_pt
                                + (threshold & (BINS - 1)).to(tl.int32),
                                mask=earlier < block, other=0)
         ties_taken = tl.sum(ties_earlier, 0)
-        bit_of_key = tl.arange(0, BLOCK_N)
+        bit_of_key = tl.arange(0, BLOCK_N // 2)
     # Only the key tiles of the frames these queries belong to hold candidates: cross-frame
     # blocks (half the matrix) are skipped; their words stay 0 (the bitmask starts zeroed).
     first_key = (block * BLOCK_M // N) * N // BLOCK_N * BLOCK_N
     last_key = tl.minimum(L, ((tl.minimum(block * BLOCK_M + BLOCK_M, L) - 1) // N + 1) * N)
+    HALF: tl.constexpr = BLOCK_N // 2
     for start in range(first_key, last_key, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)
-        s = _dot(q, tl.trans(_load_rows(k_base, cols, offs_d, L, D, sk_l, sk_d)), IEEE) * scale
-        encoded, candidate = _race_key_encoding(s, rows, cols, L, N, row_max, inv_partition, log_coef, seed, bh)
+        encoded_lo, candidate_lo, encoded_hi, candidate_hi = _race_tile(
+            q, k_base, rows, start, offs_d, L, N, D, sk_l, sk_d, scale, row_max, inv_partition, log_coef, seed, bh,
+            HALF, IEEE, KEY_BITS)
         if MODE == 0:
-            if PASS == 0:
-                agrees = candidate
-            else:
-                agrees = candidate & ((encoded >> (shift + RADIX_BITS)) == prefix)
-            # Entries that do not take part go to the upper half of the bins, which is ignored
-            # (a histogram without a mask argument, for older Triton).
-            digit = ((encoded >> shift) & (BINS - 1)).to(tl.int32) + tl.where(agrees, 0, BINS)
-            local += tl.histogram(tl.reshape(digit, (BLOCK_M * BLOCK_N,)), 2 * BINS)
+            local += _digit_histogram(encoded_lo, candidate_lo, prefix, PASS, BINS, BLOCK_M * HALF)
+            local += _digit_histogram(encoded_hi, candidate_hi, prefix, PASS, BINS, BLOCK_M * HALF)
         if MODE == 1:
-            tie = (encoded == threshold) & candidate
-            tie_flag = tie.to(tl.int32)
-            row_ties = tl.sum(tie_flag, 1)
-            rank = (ties_taken + tl.cumsum(row_ties, 0) - row_ties)[:, None] + tl.cumsum(tie_flag, 1) - tie_flag
-            dropped = candidate & ((encoded > threshold) | (tie & (rank < ties_wanted)))
+            # Ties are taken in a fixed order: program, key tile, row, key.
+            tie_lo = ((encoded_lo == threshold) & candidate_lo).to(tl.int32)
+            tie_hi = ((encoded_hi == threshold) & candidate_hi).to(tl.int32)
+            row_ties_lo = tl.sum(tie_lo, 1)
+            row_ties = row_ties_lo + tl.sum(tie_hi, 1)
+            before_row = ties_taken + tl.cumsum(row_ties, 0) - row_ties
+            rank_lo = before_row[:, None] + tl.cumsum(tie_lo, 1) - tie_lo
+            rank_hi = (before_row + row_ties_lo)[:, None] + tl.cumsum(tie_hi, 1) - tie_hi
+            dropped_lo = candidate_lo & ((encoded_lo > threshold) | ((tie_lo == 1) & (rank_lo < ties_wanted)))
+            dropped_hi = candidate_hi & ((encoded_hi > threshold) | ((tie_hi == 1) & (rank_hi < ties_wanted)))
             ties_taken += tl.sum(row_ties, 0)
-            word = tl.sum(dropped.to(tl.int32) << bit_of_key[None, :], 1)
+            word = (tl.sum(dropped_lo.to(tl.int32) << bit_of_key[None, :], 1)
+                    + tl.sum(dropped_hi.to(tl.int32) << (bit_of_key[None, :] + HALF), 1))
             tl.store(out_ptr + (bh * L + rows) * words + start // BLOCK_N, word, mask=in_range)
         if MODE == 2:
-            sign_flipped = tl.where((encoded >> 31) == 1, encoded & 0x7FFFFFFF, encoded ^ 0xFFFFFFFF)
-            key = tl.where(candidate, sign_flipped.to(tl.float32, bitcast=True), float("-inf"))
-            tl.store(out_ptr + (bh * L + rows[:, None]) * L + cols[None, :], key,
-                     mask=in_range[:, None] & (cols[None, :] < L))
+            _store_keys(out_ptr, bh, rows, start + tl.arange(0, HALF), L, encoded_lo, candidate_lo)
+            _store_keys(out_ptr, bh, rows, start + HALF + tl.arange(0, HALF), L, encoded_hi, candidate_hi)
     if MODE == 0:
         bins = tl.arange(0, 2 * BINS)
         tl.atomic_add(hist_ptr + (bh * RADIX_PASSES + PASS) * (2 * BINS) + bins, local, mask=bins < BINS)
@@ -243,16 +281,21 @@ def _race_buffers(q, k, seed, tokens_per_frame, scale):
     return stats, grid, common
 
 
-def _race_pass(q, k, stats, seed, hist, block_hist, out, grid, common, num_drop, mode, pass_index=0):
+def _race_pass(q, k, stats, seed, hist, block_hist, out, grid, common, num_drop, mode, pass_index=0, key_bits=32):
     length, tokens_per_frame, dim, heads, scale = common[:5]
     _race_pass_kernel[grid](q, k, stats, seed, hist, block_hist, out, length, tokens_per_frame, dim, heads, scale,
                             num_drop, grid[0], *common[5:], PASS=pass_index, MODE=mode, BINS=RADIX_BINS,
-                            ROW_BLOCKS=triton.next_power_of_2(grid[0]), **_launch_shapes(q))
+                            ROW_BLOCKS=triton.next_power_of_2(grid[0]), KEY_BITS=key_bits, **_launch_shapes(q))
 
 
 @torch.library.custom_op("dropmae::asad_drop_bitmask", mutates_args=())
 def _asad_drop_bitmask_op(q: torch.Tensor, k: torch.Tensor, seed: torch.Tensor, tokens_per_frame: int,
                           num_drop: int, scale: float) -> torch.Tensor:
+    return _draw_bitmask(q, k, seed, tokens_per_frame, num_drop, scale)
+
+
+def _draw_bitmask(q, k, seed, tokens_per_frame, num_drop, scale, key_bits=32):
+    """The draw's kernels (key_bits < 32 truncates the keys: tests of the tie-breaking only)."""
     batch, heads, length, _ = q.shape
     words = triton.cdiv(length, WORD_BITS)
     bits = torch.zeros(batch, heads, length, words, device=q.device, dtype=torch.int32)
@@ -262,8 +305,8 @@ def _asad_drop_bitmask_op(q: torch.Tensor, k: torch.Tensor, seed: torch.Tensor, 
     hist = torch.zeros(batch * heads, RADIX_PASSES.value, 2 * RADIX_BINS, device=q.device, dtype=torch.int32)
     block_hist = torch.empty(batch * heads, grid[0], 2 * RADIX_BINS, device=q.device, dtype=torch.int32)
     for pass_index in range(RADIX_PASSES.value):
-        _race_pass(q, k, stats, seed, hist, block_hist, bits, grid, common, num_drop, 0, pass_index)
-    _race_pass(q, k, stats, seed, hist, block_hist, bits, grid, common, num_drop, 1)
+        _race_pass(q, k, stats, seed, hist, block_hist, bits, grid, common, num_drop, 0, pass_index, key_bits)
+    _race_pass(q, k, stats, seed, hist, block_hist, bits, grid, common, num_drop, 1, key_bits=key_bits)
     return bits
 
 
@@ -299,7 +342,7 @@ def asad_drop_bitmask(q: torch.Tensor, k: torch.Tensor, tokens_per_frame: int, p
 
 
 def asad_race_keys(q: torch.Tensor, k: torch.Tensor, tokens_per_frame: int, seed: torch.Tensor,
-                   scale: float | None = None) -> torch.Tensor:
+                   scale: float | None = None, key_bits: int = 32) -> torch.Tensor:
     """The race keys log W - log E the kernels rank, as floats [B, H, L, L] (-inf off the
     candidates), for a given seed tensor from :func:`_draw_seed`. For tests: writes L x L."""
     batch, heads, length, _ = q.shape
@@ -307,7 +350,7 @@ def asad_race_keys(q: torch.Tensor, k: torch.Tensor, tokens_per_frame: int, seed
     stats, grid, common = _race_buffers(q, k, seed, tokens_per_frame, scale)
     keys = torch.full((batch, heads, length, length), float("-inf"), device=q.device, dtype=torch.float32)
     unused = torch.zeros(1, device=q.device, dtype=torch.int32)
-    _race_pass(q, k, stats, seed, unused, unused, keys, grid, common, 0, 2)
+    _race_pass(q, k, stats, seed, unused, unused, keys, grid, common, 0, 2, key_bits=key_bits)
     return keys
 
 
