@@ -12,8 +12,11 @@ The draw, per (sample, head), is the same exponential race as the torch path:
    partition sum l, the best other-frame logit, the diagonal and the within-frame sum, which
    give every weight in closed form, W[i, j] = c_i * (exp(S[i, j] - m_i) / l_i + 1e-6) with
    c_i = f_tem(i) / (within-frame row sum without the diagonal + (N - 1) * 1e-6);
-2. race keys log W[i, j] - log E[i, j], E = -log U, U from counter-based Philox keyed by
-   (seed, query * L + key, sample * H + head), so every pass recomputes the same key;
+2. race keys log W[i, j] - log E[i, j], E = -log U, U from counter-based Philox (10 rounds)
+   keyed by the seed, with counter (query * L + key, sample * H + head): every pass recomputes
+   the same key. One Philox call serves two keys (columns j and j + 16 of a 32-key tile), and
+   the race passes sweep only the key tiles of the queries' own frame (cross-frame entries are
+   never candidates), so a pass costs about a quarter of L x L Philox calls;
 3. an exact selection of the N_d largest keys by radix select over the keys' monotone 32-bit
    encoding: four passes of 8 bits, each a 256-bin histogram of the entries that agree with
    the bits chosen so far (written per program, summed with 256 atomics). Every program
