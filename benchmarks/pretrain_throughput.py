@@ -17,7 +17,9 @@ What it prints, all from this run on this machine:
    crops: pretrain.decode_on_device); crops at --loader-size (224: the recipe) with the
    recipe's augmentation;
 3. model only, pairs/s: forward, backward and fused AdamW on a synthetic batch already on the
-   device, TwinMAE and DropMAE measured in alternation, their step-time ratio, the model FLOPs
+   device, TwinMAE and DropMAE measured in alternation (DropMAE with pretrain.asad_kernel, auto:
+   the fused Triton ASAD on CUDA; --compare-asad-kernels adds DropMAE with the torch ASAD), their
+   step-time ratio, each model's peak memory on CUDA, the model FLOPs
    per pair (counted by torch's FlopCounterMode with the math attention kernel, so attention
    is counted on every device) and the achieved TFLOP/s and MFU against the roof of step 1;
 4. end to end, pairs/s: the DataLoader feeding the model step, for every data path.
@@ -128,19 +130,36 @@ def loader_rate(dataset, batch: int, workers: int, device: torch.device, batches
     return batches * batch / (time.perf_counter() - start)
 
 
-def pair_model(config: Config, asad_p: float) -> DropMAE:
+def pair_model(config: Config, asad_p: float, asad_kernel: str | None = None) -> DropMAE:
     m, p = config.model, config.pretrain
     return DropMAE(img_size=m.img_size, patch_size=m.patch_size, encoder=m.encoder, decoder_embed_dim=m.decoder_dim,
                    decoder_depth=m.decoder_depth, decoder_num_heads=m.decoder_heads, mask_ratio=p.mask_ratio,
-                   masking=p.masking, norm_pix_loss=p.norm_pix_loss, asad_p=asad_p)
+                   masking=p.masking, norm_pix_loss=p.norm_pix_loss, asad_p=asad_p,
+                   asad_kernel=asad_kernel or p.asad_kernel)
 
 
-def build_models(config: Config, device: torch.device) -> dict[str, DropMAE]:
+def build_models(config: Config, device: torch.device, compare_kernels: bool) -> dict[str, DropMAE]:
+    """TwinMAE, DropMAE with pretrain.asad_kernel and, to compare, DropMAE with the torch ASAD."""
     torch.manual_seed(0)
     twin = pair_model(config, 0.0).to(device).train()
-    drop = pair_model(config, config.pretrain.asad_p).to(device).train()
-    drop.load_state_dict(twin.state_dict())
-    return {"twinmae": twin, "dropmae": drop}
+    models = {"twinmae": twin, "dropmae": pair_model(config, config.pretrain.asad_p).to(device).train()}
+    if compare_kernels:
+        models["dropmae-torch"] = pair_model(config, config.pretrain.asad_p, "torch").to(device).train()
+    for name, model in models.items():
+        model.load_state_dict(twin.state_dict())
+    return models
+
+
+def step_peak_memory(step, model, frames: torch.Tensor, device: torch.device) -> int:
+    """Peak bytes of one step as if the model were alone on the GPU: the step's peak above what
+    is resident before it, plus the model's parameters and AdamW moments."""
+    synchronize(device)
+    resident = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step(frames)
+    synchronize(device)
+    own = 3 * sum(t.numel() * t.element_size() for t in model.parameters())
+    return torch.cuda.max_memory_allocated(device) - resident + own
 
 
 def model_flops_per_pair(config: Config) -> float:
@@ -175,6 +194,8 @@ def main() -> None:
     parser.add_argument("--frames", type=Path, help="an extraction folder (default: built from the demo clips)")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     parser.add_argument("--compile", action="store_true", help="torch.compile the models")
+    parser.add_argument("--compare-asad-kernels", action="store_true",
+                        help="also time DropMAE with the torch ASAD (pretrain.asad_kernel: torch)")
     parser.add_argument("--roof-size", type=int, help="matmul size of the roof (default 8192 GPU, 2048 CPU)")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -204,9 +225,10 @@ def main() -> None:
               f"total {total['packed'] / total['plain']:.2f}x")
 
         print(f"\n== 3. model only: ViT-{m.encoder} pair model, {m.img_size}px, patch {m.patch_size}, decoder "
-              f"{m.decoder_dim}x{m.decoder_depth}, ASAD p {config.pretrain.asad_p}, batch {args.batch}, "
+              f"{m.decoder_dim}x{m.decoder_depth}, ASAD p {config.pretrain.asad_p} ({config.pretrain.asad_kernel} "
+              f"kernel), batch {args.batch}, "
               f"{'bf16 autocast' if dtype else 'fp32'}{', compiled' if args.compile else ''}")
-        models = build_models(config, device)
+        models = build_models(config, device, args.compare_asad_kernels)
         steps = {}
         for name, model in models.items():
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=device.type == "cuda")
@@ -217,13 +239,18 @@ def main() -> None:
         times = interleaved_times({name: (lambda s=s: s(synthetic)) for name, s in steps.items()}, device,
                                   args.steps, warmup=3 if args.compile else 1)
         flops = model_flops_per_pair(config)
+        peaks = ({name: step_peak_memory(steps[name], model, synthetic, device) for name, model in models.items()}
+                 if device.type == "cuda" else {})
         for name in models:
             rate = args.batch / times[name]
             achieved = rate * flops / 1e12
-            print(f"{name:8s} {times[name] * 1e3:9.1f} ms/step {rate:9.1f} pairs/s {achieved:8.3f} TFLOP/s "
-                  f"MFU {achieved / roof:6.1%}")
+            print(f"{name:13s} {times[name] * 1e3:9.1f} ms/step {rate:9.1f} pairs/s {achieved:8.3f} TFLOP/s "
+                  f"MFU {achieved / roof:6.1%}" + (f"   peak {peaks[name] / 2**30:6.2f} GiB" if peaks else ""))
         print(f"model FLOPs per pair (forward + backward): {flops / 1e9:.2f} GFLOP")
-        print(f"DropMAE/TwinMAE step time: {times['dropmae'] / times['twinmae']:.3f}")
+        for name in models:
+            if name != "twinmae":
+                print(f"{name}/twinmae step time: {times[name] / times['twinmae']:.3f} (target <= 1.10)"
+                      + (f", peak memory {peaks[name] / peaks['twinmae']:.3f} (target <= 1.10)" if peaks else ""))
 
         print(f"\n== 4. end to end: DropMAE, {args.workers} workers, crops {args.img_size}px")
         model_rate = args.batch / times["dropmae"]

@@ -185,3 +185,37 @@ def test_device_decoding_gives_the_cpu_crops_within_a_few_grey_levels(tmp_path_f
     # Not vacuous: a flip or a box off by a few pixels is far outside the tolerance.
     assert (got.flip(-1) - expected).abs().mean() > 3 * error.mean()
     assert (got.roll(3, dims=-1) - expected).abs().mean() > 3 * error.mean()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_device_decode_waits_for_queued_kernels_that_read_freed_memory():
+    """The end-to-end crash of decode_on_device, in small: kernels queued on the current stream
+    still read tensors the Python side has freed; the caching allocator offers their blocks to
+    the decode's outputs of the same size, and nvJPEG must not write them before those kernels
+    ran. Fails without the synchronisation in decode_jpegs_on_device (pytorch/vision PR 9606)."""
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    from dropmae.data.device_decode import decode_jpegs_on_device
+
+    device = torch.device("cuda")
+    generator = torch.Generator().manual_seed(0)
+    channels, height, width, count = 3, 480, 640, 32
+    images = [torch.randint(0, 256, (channels, height, width), generator=generator, dtype=torch.uint8)
+              for _ in range(count)]
+    jpegs = [encode_jpeg(image, quality=95) for image in images]
+    decode_jpegs_on_device(jpegs, device)  # nvJPEG's one-time set-up, outside the race below
+    torch.cuda.synchronize()
+    fill = 7
+    for _ in range(3):
+        held = [torch.full((channels, height, width), fill, dtype=torch.uint8, device=device) for _ in range(count)]
+        torch.cuda._sleep(400_000_000)  # ~0.2 s of GPU time: the reads below are still queued at the decode
+        checksums = torch.stack([tensor.sum(dtype=torch.int64) for tensor in held])
+        del held  # their blocks go back to the allocator while the sums above wait to run
+        frames = decode_jpegs_on_device(jpegs, device)
+        torch.cuda.synchronize()
+        assert torch.equal(checksums.cpu(), torch.full((count,), fill * channels * height * width)), \
+            "the decode overwrote memory that queued kernels were still reading"
+    # The decode itself is right too: nvJPEG against libjpeg, within a grey level or two on average.
+    for frame, jpeg in zip(frames, jpegs):
+        assert frame.shape == (channels, height, width)
+        assert (frame.cpu().float() - decode_jpeg(jpeg).float()).abs().mean() < 2.0

@@ -25,7 +25,7 @@ NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
 # pretrain.* keys that change how a run is executed or logged but not what it computes: a
 # checkpoint written under other values of these is resumed as it is.
 PRETRAIN_OPERATIONAL_KEYS = frozenset({"methods", "epochs", "num_workers", "keep_epochs", "checkpoint_every_steps",
-                                       "log_every_steps", "compile"})
+                                       "log_every_steps", "compile", "asad_kernel"})
 
 
 class ConfigError(ValueError):
@@ -97,6 +97,9 @@ class PretrainConfig:
     warmup_epochs: int = 40
     precision: str = "auto"  # bf16 on GPU and fp32 on CPU when auto
     compile: bool = False  # torch.compile the training model (the same computation, fused kernels)
+    # ASAD's implementation: auto (the fused Triton kernels on CUDA, torch elsewhere), torch or
+    # triton. The same distribution of the draw; the random numbers differ.
+    asad_kernel: str = "auto"
     num_workers: int = 10
     seed: int = 0
     keep_epochs: list[int] = field(default_factory=list)  # epochs whose checkpoint is kept besides -last

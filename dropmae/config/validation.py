@@ -26,7 +26,7 @@ from dropmae.config.sections import (
     study_epochs,
     study_pretrain,
 )
-from dropmae.models.specs import ENCODER_SPECS, EXTERNAL_FORMATS, MASKING_MODES
+from dropmae.models.specs import ASAD_KERNELS, ENCODER_SPECS, EXTERNAL_FORMATS, MASKING_MODES
 from dropmae.presets import SEGMENTATION_PRESETS, TRACKING_PRESETS
 
 
@@ -142,6 +142,7 @@ def validate(config: Config, *, check_study: bool = True) -> Config:
     _require(0 < p.mask_ratio < 1, "pretrain.mask_ratio", "must be in (0, 1)", p.mask_ratio)
     _require(p.masking in MASKING_MODES, "pretrain.masking", f"must be one of {list(MASKING_MODES)}", p.masking)
     _require(0 <= p.asad_p < 1, "pretrain.asad_p", "must be in [0, 1)", p.asad_p)
+    _require(p.asad_kernel in ASAD_KERNELS, "pretrain.asad_kernel", f"must be one of {list(ASAD_KERNELS)}", p.asad_kernel)
     _require(p.frame_gap >= 2, "pretrain.frame_gap", "must be >= 2 (a pair needs two distinct frames)", p.frame_gap)
     _require(len(p.crop_scale) == 2 and 0 < p.crop_scale[0] <= p.crop_scale[1] <= 1, "pretrain.crop_scale", "must be [low, high] with 0 < low <= high <= 1", p.crop_scale)
     _require(p.input in PAIR_INPUTS, "pretrain.input", f"must be one of {list(PAIR_INPUTS)}", p.input)

@@ -59,9 +59,26 @@ def collate_encoded(items: list[EncodedPairs]) -> EncodedPairBatch:
     )
 
 
+def decode_jpegs_on_device(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """RGB uint8 frames [3, H, W] on ``device`` from CPU JPEG bytes, in one batched decode.
+
+    On CUDA the caller's stream is synchronised first. torchvision's batched CUDA decode lets
+    nvJPEG write its outputs without ordering them after the kernels already queued on the
+    current stream, and the caching allocator may hand it a block those kernels still read (a
+    tensor freed on that stream a moment ago): the model's gather/scatter kernels then read
+    pixels and fail with device-side "index out of bounds" asserts. Upstream: pytorch/vision
+    PR 9606 and meta-pytorch/torchcodec PR 1634. Costs one host wait per batch, which the next
+    batch's workers hide.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+    return decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)  # one batched call
+
+
 def decode_pairs(batch: EncodedPairBatch, size: int, device: torch.device) -> torch.Tensor:
     """uint8 crops [P, 2, 3, size, size] on ``device``, ready for ``normalize_frames``."""
-    frames = decode_jpeg(batch.jpegs, mode=ImageReadMode.RGB, device=device)  # one batched call
+    frames = decode_jpegs_on_device(batch.jpegs, device)
     # One padded batch (frames of a batch differ in size), so every crop is cut in one kernel.
     padded = torch.nested.as_nested_tensor(frames, layout=torch.strided).to_padded_tensor(0).float()
     crops = batch.crops.to(device=device, dtype=torch.float32)

@@ -73,6 +73,7 @@ def build_model(config: Config, run: Cell) -> DropMAE:
         masking=p.masking,
         norm_pix_loss=p.norm_pix_loss,
         asad_p=run.drop_probability(config),
+        asad_kernel=p.asad_kernel,
     )
 
 

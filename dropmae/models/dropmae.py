@@ -9,6 +9,9 @@ training. TwinMAE is the same model with ``asad_p = 0``.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -26,7 +29,29 @@ from dropmae.models.encoder import (
     patch_embedding,
     transformer_blocks,
 )
-from dropmae.models.specs import MASKING_MODES
+from dropmae.models.specs import ASAD_KERNELS, MASKING_MODES
+
+TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
+
+
+def uses_triton_asad(kernel: str, device: torch.device) -> bool:
+    """Whether ASAD runs the fused Triton kernels (dropmae.models.asad_triton) on ``device``.
+
+    auto: on CUDA when Triton is installed (it ships with torch's Linux wheels); the torch path
+    elsewhere. triton: on CUDA, or on the CPU under TRITON_INTERPRET=1 (tests); else an error.
+    """
+    if kernel == "torch":
+        return False
+    if kernel == "auto":
+        return device.type == "cuda" and TRITON_AVAILABLE
+    if kernel != "triton":
+        raise ValueError(f"unknown ASAD kernel {kernel!r}; choose from {ASAD_KERNELS}")
+    if not TRITON_AVAILABLE:
+        raise RuntimeError("pretrain.asad_kernel is triton but Triton is not installed")
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(f"pretrain.asad_kernel is triton but the model runs on {device}: the Triton kernels "
+                           "need a CUDA device (or TRITON_INTERPRET=1 on the CPU, for tests)")
+    return True
 
 
 class ASADAttention(Attention):
@@ -42,6 +67,7 @@ class ASADAttention(Attention):
         self.tokens_per_frame = 0
         self.asad_p = 0.0
         self.asad_generator: torch.Generator | None = None
+        self.asad_kernel = "auto"  # see uses_triton_asad
         # Set to a list to collect the attention probabilities (for analysis).
         self.attention_sink: list[torch.Tensor] | None = None
 
@@ -63,6 +89,15 @@ class ASADAttention(Attention):
             attention = logits.softmax(dim=-1)
             self.attention_sink.append(attention.detach())
             x = self.attn_drop(attention) @ v
+        elif uses_triton_asad(self.asad_kernel, q.device):
+            # The draw as a packed bitmask and attention that reads it: no [B, H, L, L] tensor.
+            from dropmae.models.asad_triton import asad_drop_bitmask, bitmask_attention
+
+            if self.training and self.attn_drop.p > 0:
+                raise NotImplementedError("the Triton ASAD attention has no attention dropout; use asad_kernel torch")
+            drop_bits = asad_drop_bitmask(q, k, self.tokens_per_frame, self.asad_p, scale=self.scale,
+                                          generator=self.asad_generator)
+            x = bitmask_attention(q, k, v, drop_bits, scale=self.scale)
         else:
             # The sampling needs the logits but no gradient through them; the attention itself
             # then runs fused, with dropped entries masked to -inf before its softmax.
@@ -96,6 +131,7 @@ class DropMAE(nn.Module):
         masking: str = "joint",
         norm_pix_loss: bool = True,
         asad_p: float = 0.0,
+        asad_kernel: str = "auto",
     ) -> None:
         super().__init__()
         spec = encoder_spec(encoder)
@@ -131,6 +167,7 @@ class DropMAE(nn.Module):
         self.decoder_norm = layer_norm(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
         self.set_asad_p(asad_p)
+        self.set_asad_kernel(asad_kernel)
         self._init_weights()
 
     # ------------------------------------------------------------------ setup
@@ -142,6 +179,14 @@ class DropMAE(nn.Module):
         for block in self.decoder_blocks:
             block.attn.tokens_per_frame = self.tokens_per_frame
             block.attn.asad_p = p
+
+    def set_asad_kernel(self, kernel: str) -> None:
+        """ASAD's implementation in every decoder layer: auto, torch or triton (same distribution)."""
+        if kernel not in ASAD_KERNELS:
+            raise ValueError(f"unknown ASAD kernel {kernel!r}; choose from {ASAD_KERNELS}")
+        self.asad_kernel = kernel
+        for block in self.decoder_blocks:
+            block.attn.asad_kernel = kernel
 
     def _init_weights(self) -> None:
         # MAE's initialisation: patch projection like a linear layer, small embeddings, then

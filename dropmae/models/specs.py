@@ -28,3 +28,7 @@ EXTERNAL_FORMATS = ("dropmae", "mae_snapshot", "timm")
 
 # How DropMAE masks the 2N tokens of a pair: over both frames together, or per frame.
 MASKING_MODES = ("joint", "per_frame")
+
+# ASAD's implementation: the Triton kernels on CUDA when Triton imports (auto), the torch path
+# (the CPU path and the reference), or Triton always. Same distribution of the draw.
+ASAD_KERNELS = ("auto", "torch", "triton")
