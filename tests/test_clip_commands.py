@@ -175,3 +175,32 @@ def test_every_command_says_what_it_reads_and_writes(capsys):
             main([command, "--help"])
         text = capsys.readouterr().out
         assert "Reads" in text and ("Writes" in text or "writes" in text) and "example:" in text
+
+
+def test_score_tracking_in_lasot_layout_writes_auc_precision_and_plots(bench, tmp_path):
+    """The demo's val clips laid out as LaSOT (<class>/<class>-<n>/img, groundtruth.txt, occlusion
+    labels) and a pytracking-style tab-separated result file per sequence."""
+    from dropmae.tracking.datasets import read_benchmark
+    from dropmae.tracking.metrics import evaluate_ope
+
+    root, results = tmp_path / "lasot", tmp_path / "results"
+    results.mkdir()
+    rng = np.random.default_rng(1)
+    for index, name in enumerate(val_names(bench), start=1):
+        source = bench / "got10k" / "val" / name
+        sequence = root / "demo" / f"demo-{index}"
+        shutil.copytree(source, sequence / "img", ignore=shutil.ignore_patterns("*.txt", "*.label", "*.ini"))
+        truth = np.loadtxt(source / "groundtruth.txt", delimiter=",")
+        shutil.copy(source / "groundtruth.txt", sequence / "groundtruth.txt")
+        for labels in ("full_occlusion.txt", "out_of_view.txt"):
+            (sequence / labels).write_text(",".join(["0"] * len(truth)) + "\n")
+        np.savetxt(results / f"demo-{index}.txt", truth + rng.normal(0, 2, truth.shape), fmt="%.2f", delimiter="\t")
+    assert main(["score-tracking", "--format", "lasot", "--root", str(root), "--results", str(results),
+                 "--output", str(tmp_path / "scores"), "--name", "jittered"]) == 0
+    ours = json.loads((tmp_path / "scores" / "metrics.json").read_text())
+    expected = evaluate_ope(read_benchmark("lasot", root), results, "lasot")
+    assert (ours["auc"], ours["precision"], ours["norm_precision"]) == pytest.approx(
+        (expected["auc"], expected["precision"], expected["norm_precision"]))
+    assert 0 < ours["auc"] < 100
+    for plot in ("success.png", "precision.png", "norm_precision.png"):
+        assert (tmp_path / "scores" / plot).stat().st_size > 1000

@@ -134,3 +134,26 @@ def test_the_dag_fine_tunes_evaluates_and_probes_an_external_encoder(tmp_path, d
                        configfiles=["external.yaml"], check=False)
     assert result.returncode != 0 and "external_encoders.authors.path" in result.stdout + result.stderr
     assert (repo / "logs" / "import_external" / "authors.log").read_text().count("rule import_external {") == 1
+
+
+def test_a_timm_encoders_learned_table_is_interpolated_by_the_probe(tmp_path, monkeypatch):
+    import timm
+    from safetensors.torch import save_file
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, embed_dim=96, depth=4, num_heads=3, img_size=32,
+                            patch_size=8, num_classes=0)
+    save_file(vit.state_dict(), "vit.safetensors")
+    overlay = with_segmentation(with_tracking(TINY_OVERLAY))
+    overlay["external_encoders"] = {"vit": {"path": "vit.safetensors", "format": "timm", "label": "timm ViT"}}
+    config = load_config([REPO / "params.yaml", write_yaml(tmp_path / "o.yaml", overlay)])
+    encoder = layout.ExternalEncoder("vit")
+    metrics = stages.import_external_stage(config, encoder, encoder.paths(layout.MODEL),
+                                           encoder.paths(layout.CELL_METRICS))
+    assert not metrics["sincos_positions"]  # a learned table: the probe stage interpolates it
+    assert any("zeros" in line for line in metrics["load_report"]["conversions"])
+    with pytest.raises(ValueError, match="positions='interpolate'"):
+        frame_encoder_from_checkpoint(encoder.paths(layout.MODEL))
+    probe = frame_encoder_from_checkpoint(encoder.paths(layout.MODEL), positions="interpolate")
+    assert torch.equal(probe.training_pos_embed, vit.pos_embed.detach()[0, 1:])
