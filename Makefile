@@ -28,4 +28,4 @@ benchmark: setup
 	$(BIN)/python benchmarks/asad.py --batch 16 --repeats 3 --step-batch 2 --step-repeats 5
 
 clean-demo:
-	rm -rf data/demo-videos data/frames/demo data/demo-benchmark runs/pretrain/demo runs/track runs/segment results logs .snakemake
+	rm -rf data/demo-videos data/frames/demo data/demo-benchmark runs/pretrain/demo runs/track runs/segment results logs .snakemake report.html

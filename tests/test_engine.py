@@ -214,17 +214,18 @@ def test_the_same_state_saves_to_the_same_bytes(tmp_path):
 
 
 def test_every_log_every_steps_step_prints_a_line_and_logs_rate_eta_and_memory(frames_root, tmp_path, capsys):
-    """6 steps at log_every_steps 2: steps 2, 4 and 6 on stdout (no bar: stdout is not a terminal)
-    and in log.jsonl, each with the lr, loss, pairs/s, ETA and peak memory."""
+    """6 steps (3 per epoch) at log_every_steps 2: steps 2, 4 and 6 and the end of epoch 1 (step 3) on
+    stdout (no bar: stdout is not a terminal) and in log.jsonl, each with the lr, loss, pairs/s, ETA
+    and peak memory."""
     config = tiny_config(log_every_steps=2, batch_size=4, repeated_sampling=2)  # 2 videos x 2 pairs a step
     outcome = pretrain(config, Cell("dropmae", 2), frames_root, tmp_path / "run")
     lines = [line for line in capsys.readouterr().out.splitlines() if " step " in line and "loss" in line]
-    assert [line.split(" step ")[1].split()[0] for line in lines] == ["2/6", "4/6", "6/6"]
+    assert [line.split(" step ")[1].split()[0] for line in lines] == ["2/6", "3/6", "4/6", "6/6"]
     assert "epoch 1/2" in lines[0] and "epoch 2/2" in lines[-1] and "eta 0:00:00" in lines[-1]
     assert all("pairs/s" in line and "peak RSS" in line and " MB" in line for line in lines)
     records = [json.loads(line) for line in (tmp_path / "run" / METRICS_LOG).read_text().splitlines()]
     steps = [record for record in records if record["event"] == "step"]
-    assert [record["global_step"] for record in steps] == [2, 4, 6]
+    assert [record["global_step"] for record in steps] == [2, 3, 4, 6]
     assert steps[-1]["loss"] == pytest.approx(outcome.last_loss)
     for record in steps:
         assert record["total_steps"] == 6 and record["pairs_per_s"] > 0 and record["peak_memory_mb"] > 10

@@ -85,7 +85,7 @@ def test_the_dag_builds_every_table_from_cell_results(demo_dag):
                              .read_text())
         assert metrics["scored"] and metrics["format"] == "davis2017" and 0 <= metrics["jf"] <= 1
         assert (row.demo_jf, row.demo_j, row.demo_f) == pytest.approx((metrics["jf"], metrics["j"], metrics["f"]))
-        assert f"| {metrics['jf'] * 100:.1f} " in markdown  # in percent, one decimal, as the paper prints
+        assert f" {metrics['jf'] * 100:.1f} |" in markdown  # in percent, one decimal, as the paper prints
         raw = demo_dag / layout.SEGMENTATION.paths(layout.SEGMENTATION_RAW, segmenter, "demo")
         assert len(list(raw.glob("*/00000.png"))) == metrics["sequences"] == val_sequences
         overlay = demo_dag / layout.SEGMENTATION.paths(layout.SEGMENTATION_OVERLAY, segmenter, "demo")
@@ -343,12 +343,12 @@ def test_the_pretraining_table_has_the_random_init_row(tmp_path, monkeypatch):
     assert (row.checkpoint, row.checkpoint_sha256) == (control.paths(layout.MODEL), "c" * 64)
     markdown = Path("table.md").read_text()
     control_line = next(line for line in markdown.splitlines() if "| Random init (never trained)" in line)
-    assert "cccccccccccc" in control_line and f"| {expected / 4 * 100:.1f} " in control_line  # probe J&F in percent
+    assert "cccccccccccc" in control_line and f" {expected / 4 * 100:.1f} |" in control_line  # probe J&F in percent
     assert tables.CONTROL_NOTE in markdown
     # Rounded as the paper prints: AO / J&F one decimal in percent, losses and shares three; the CSV keeps all.
     twinmae_line = next(line for line in markdown.splitlines() if "| TwinMAE " in line)
     ao = score["demo/twinmae_ep1"] * 100
-    assert f"| {ao:.1f} " in twinmae_line and "| 0.500 " in twinmae_line and "0.5000" not in markdown
+    assert f" {ao:.1f} |" in twinmae_line and " 0.500 |" in twinmae_line and "0.5000" not in markdown
     assert pd.read_csv("table.csv").set_index("method").loc["twinmae", "demo_ao"] == pytest.approx(ao / 100, abs=0)
 
     off = load_config([REPO / "params.yaml", overlay], ["analysis.random_init_control=false"])

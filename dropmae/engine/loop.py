@@ -484,7 +484,9 @@ def train_one_epoch(run: _Run, train_model: torch.nn.Module, position: _Position
         result.losses.append(step_loss)
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-        if position.global_step % s.log_every_steps == 0:
+        # Every log_every_steps steps and at the end of each epoch (as MAE's MetricLogger), so a run
+        # shorter than log_every_steps still logs its curve.
+        if position.global_step % s.log_every_steps == 0 or position.step == steps_per_epoch:
             reporter.report(position, epoch, step, lr, step_loss, bar)
 
         stop_now = _agree_any(

@@ -218,6 +218,7 @@ def _markdown(frame: pd.DataFrame, title: str, notes: list[str], config: Config 
     for column in THREE_DECIMAL_COLUMNS:
         if column in shown:
             shown[column] = _rounded(shown[column], 3)
+    numeric = [column in scores or column in THREE_DECIMAL_COLUMNS or column == "epochs" for column in shown.columns]
     shown = shown.rename(columns=scores)
     if "method" in shown:
         shown["method"] = shown["method"].map(lambda m: m if m in BASELINE_ROWS.values() else display_name(m))
@@ -227,7 +228,8 @@ def _markdown(frame: pd.DataFrame, title: str, notes: list[str], config: Config 
     # Baseline rows have no pretraining values: tabulate prints None as missingval, NaN / <NA> verbatim.
     shown = shown.astype(object).where(shown.notna(), None)
     # Numbers are already text at their precision: tabulate must not parse and reformat them.
-    body = shown.to_markdown(index=False, missingval="", disable_numparse=True)
+    body = shown.to_markdown(index=False, missingval="", disable_numparse=True,
+                             colalign=["right" if flag else "left" for flag in numeric])
     return f"# {title}\n\n" + "".join(f"{note}\n" for note in notes) + "\n" + body + "\n"
 
 
