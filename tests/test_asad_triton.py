@@ -309,6 +309,23 @@ def test_training_model_with_triton_asad_compiles_to_one_graph():
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
+@kernels
+def test_custom_ops_pass_opcheck():
+    """Fake (meta) kernels agree with the real ones on shapes and strides, for the strided q, k, v
+    views the model passes (a wrong stride only shows under torch.compile's Inductor)."""
+    from dropmae.models.asad_triton import _draw_seed, pack_drop_mask
+
+    n, dim = 16, 8
+    qkv = torch.randn(2, 2 * n, 3, 2, dim, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # as ASADAttention slices them
+    bits = pack_drop_mask(_random_drop_mask(2, 2, 2 * n, seed=0))
+    seed = _draw_seed(q.device, _same_generator(0))
+    torch.library.opcheck(torch.ops.dropmae.asad_drop_bitmask.default, (q, k, seed, n, num_dropped_entries(n, 0.2),
+                                                                           dim**-0.5))
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    torch.library.opcheck(torch.ops.dropmae.bitmask_attention_forward.default, (q, k, v, bits, dim**-0.5))
+
+
 def test_asad_kernel_choice():
     from dropmae.models.dropmae import DropMAE, uses_triton_asad
 

@@ -500,7 +500,7 @@ def _attention_launch(q: torch.Tensor) -> dict:
 def _bitmask_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bits: torch.Tensor,
                                scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     batch, heads, length, dim = q.shape
-    out = torch.empty_like(q)
+    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)  # contiguous, as the fake says
     lse = torch.empty(batch * heads, length, device=q.device, dtype=torch.float32)
     bits = bits.contiguous()
     grid = (triton.cdiv(length, BLOCK_QUERIES), batch * heads)
@@ -512,7 +512,7 @@ def _bitmask_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 @_bitmask_attention_forward.register_fake
 def _(q, k, v, bits, scale):
     batch, heads, length, _ = q.shape
-    return torch.empty_like(q), q.new_empty(batch * heads, length, dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty(batch * heads, length, dtype=torch.float32)
 
 
 @torch.library.custom_op("dropmae::bitmask_attention_backward", mutates_args=())
@@ -538,7 +538,8 @@ def _bitmask_attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torc
 
 @_bitmask_attention_backward.register_fake
 def _(grad_out, q, k, v, bits, out, lse, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    # Contiguous, as the kernels write them (empty_like would copy a strided view's layout).
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
