@@ -309,6 +309,22 @@ def test_training_model_with_triton_asad_compiles_to_one_graph():
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
+@pytest.mark.skipif(not ON_CUDA, reason="host-device synchronisation exists on CUDA only")
+def test_triton_asad_does_not_synchronise_with_the_host():
+    from dropmae.models.asad_triton import asad_drop_bitmask, bitmask_attention
+
+    q, k = _qk(4, 4, 196, 32)
+    v = torch.randn_like(q).requires_grad_()
+    q.requires_grad_()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host-device synchronisation raises
+    try:
+        out = bitmask_attention(q, k, v, asad_drop_bitmask(q, k, 196, 0.1))
+        out.backward(torch.ones_like(out))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 @kernels
 def test_custom_ops_pass_opcheck():
     """Fake (meta) kernels agree with the real ones on shapes and strides, for the strided q, k, v
