@@ -38,15 +38,16 @@ def _run_this_file_interpreted(marker_expression: str) -> None:
     assert " passed" in result.stdout and " failed" not in result.stdout, result.stdout[-2000:]
 
 
+@pytest.mark.slow  # 40-90 s on two shared cores
 @pytest.mark.skipif(ON_CUDA or INTERPRETED, reason="the kernels run directly here")
 def test_kernels_under_the_interpreter():
-    _run_this_file_interpreted("not slow")  # about a minute on two busy cores
+    _run_this_file_interpreted("not slow")
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(ON_CUDA or INTERPRETED, reason="the kernels run directly here")
 def test_slow_kernel_checks_under_the_interpreter():
-    _run_this_file_interpreted("slow")  # the recipe's L and the inclusion frequencies: a few minutes
+    _run_this_file_interpreted("slow")  # the recipe's L and the inclusion frequencies: 5-9 minutes
 
 
 def _qk(batch, heads, n, dim, seed=0, sharpness=1.0):
