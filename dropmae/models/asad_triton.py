@@ -223,7 +223,8 @@ def _race_pass_kernel(q_ptr, k_ptr, stats_ptr, seed_ptr, hist_ptr, block_hist_pt
     # Only the key tiles of the frames these queries belong to hold candidates: cross-frame
     # blocks (half the matrix) are skipped; their words stay 0 (the bitmask starts zeroed).
     HALF: tl.constexpr = BLOCK_N // 2
-    first_key = (block * BLOCK_M // N) * N // (2 * BLOCK_N) * (2 * BLOCK_N)
+    first_word_key = (block * BLOCK_M // N) * N // BLOCK_N * BLOCK_N
+    first_key = first_word_key // (2 * BLOCK_N) * (2 * BLOCK_N)
     last_key = tl.minimum(L, ((tl.minimum(block * BLOCK_M + BLOCK_M, L) - 1) // N + 1) * N)
     for pair_start in range(first_key, last_key, 2 * BLOCK_N):
         # One Philox call (counter: query * L + key, sample * H + head) gives all four of its
@@ -233,36 +234,38 @@ def _race_pass_kernel(q_ptr, k_ptr, stats_ptr, seed_ptr, hist_ptr, block_hist_pt
         random_0, random_1, random_2, random_3 = philox(seed, counter, zero + bh.to(tl.uint32), zero, zero)
         for word_in_pair in tl.static_range(2):
             start = pair_start + word_in_pair * BLOCK_N
-            if word_in_pair == 0:
-                bits_lo = random_0
-                bits_hi = random_1
-            else:
-                bits_lo = random_2
-                bits_hi = random_3
-            encoded_lo, candidate_lo, encoded_hi, candidate_hi = _race_tile(
-                q, k_base, rows, start, offs_d, L, N, D, sk_l, sk_d, scale, row_max, inv_partition, log_coef,
-                bits_lo, bits_hi, HALF, IEEE, KEY_BITS)
-            if MODE == 0:
-                local += _digit_histogram(encoded_lo, candidate_lo, prefix, PASS, BINS, BLOCK_M * HALF)
-                local += _digit_histogram(encoded_hi, candidate_hi, prefix, PASS, BINS, BLOCK_M * HALF)
-            if MODE == 1:
-                # Ties are taken in a fixed order: program, key tile, row, key.
-                tie_lo = ((encoded_lo == threshold) & candidate_lo).to(tl.int32)
-                tie_hi = ((encoded_hi == threshold) & candidate_hi).to(tl.int32)
-                row_ties_lo = tl.sum(tie_lo, 1)
-                row_ties = row_ties_lo + tl.sum(tie_hi, 1)
-                before_row = ties_taken + tl.cumsum(row_ties, 0) - row_ties
-                rank_lo = before_row[:, None] + tl.cumsum(tie_lo, 1) - tie_lo
-                rank_hi = (before_row + row_ties_lo)[:, None] + tl.cumsum(tie_hi, 1) - tie_hi
-                dropped_lo = candidate_lo & ((encoded_lo > threshold) | ((tie_lo == 1) & (rank_lo < ties_wanted)))
-                dropped_hi = candidate_hi & ((encoded_hi > threshold) | ((tie_hi == 1) & (rank_hi < ties_wanted)))
-                ties_taken += tl.sum(row_ties, 0)
-                word = (tl.sum(dropped_lo.to(tl.int32) << bit_of_key[None, :], 1)
-                        + tl.sum(dropped_hi.to(tl.int32) << (bit_of_key[None, :] + HALF), 1))
-                tl.store(out_ptr + (bh * L + rows) * words + start // BLOCK_N, word, mask=in_range & (start < L))
-            if MODE == 2:
-                _store_keys(out_ptr, bh, rows, start + tl.arange(0, HALF), L, encoded_lo, candidate_lo)
-                _store_keys(out_ptr, bh, rows, start + HALF + tl.arange(0, HALF), L, encoded_hi, candidate_hi)
+            # A word wholly outside the queries' frames holds no candidate (and stays 0).
+            if (start + BLOCK_N > first_word_key) & (start < last_key):
+                if word_in_pair == 0:
+                    bits_lo = random_0
+                    bits_hi = random_1
+                else:
+                    bits_lo = random_2
+                    bits_hi = random_3
+                encoded_lo, candidate_lo, encoded_hi, candidate_hi = _race_tile(
+                    q, k_base, rows, start, offs_d, L, N, D, sk_l, sk_d, scale, row_max, inv_partition, log_coef,
+                    bits_lo, bits_hi, HALF, IEEE, KEY_BITS)
+                if MODE == 0:
+                    local += _digit_histogram(encoded_lo, candidate_lo, prefix, PASS, BINS, BLOCK_M * HALF)
+                    local += _digit_histogram(encoded_hi, candidate_hi, prefix, PASS, BINS, BLOCK_M * HALF)
+                if MODE == 1:
+                    # Ties are taken in a fixed order: program, key tile, row, key.
+                    tie_lo = ((encoded_lo == threshold) & candidate_lo).to(tl.int32)
+                    tie_hi = ((encoded_hi == threshold) & candidate_hi).to(tl.int32)
+                    row_ties_lo = tl.sum(tie_lo, 1)
+                    row_ties = row_ties_lo + tl.sum(tie_hi, 1)
+                    before_row = ties_taken + tl.cumsum(row_ties, 0) - row_ties
+                    rank_lo = before_row[:, None] + tl.cumsum(tie_lo, 1) - tie_lo
+                    rank_hi = (before_row + row_ties_lo)[:, None] + tl.cumsum(tie_hi, 1) - tie_hi
+                    dropped_lo = candidate_lo & ((encoded_lo > threshold) | ((tie_lo == 1) & (rank_lo < ties_wanted)))
+                    dropped_hi = candidate_hi & ((encoded_hi > threshold) | ((tie_hi == 1) & (rank_hi < ties_wanted)))
+                    ties_taken += tl.sum(row_ties, 0)
+                    word = (tl.sum(dropped_lo.to(tl.int32) << bit_of_key[None, :], 1)
+                            + tl.sum(dropped_hi.to(tl.int32) << (bit_of_key[None, :] + HALF), 1))
+                    tl.store(out_ptr + (bh * L + rows) * words + start // BLOCK_N, word, mask=in_range & (start < L))
+                if MODE == 2:
+                    _store_keys(out_ptr, bh, rows, start + tl.arange(0, HALF), L, encoded_lo, candidate_lo)
+                    _store_keys(out_ptr, bh, rows, start + HALF + tl.arange(0, HALF), L, encoded_hi, candidate_hi)
     if MODE == 0:
         bins = tl.arange(0, 2 * BINS)
         tl.atomic_add(hist_ptr + (bh * RADIX_PASSES + PASS) * (2 * BINS) + bins, local, mask=bins < BINS)
