@@ -38,15 +38,16 @@ def _run_this_file_interpreted(marker_expression: str) -> None:
     assert " passed" in result.stdout and " failed" not in result.stdout, result.stdout[-2000:]
 
 
+@pytest.mark.slow  # 40-90 s on two shared cores
 @pytest.mark.skipif(ON_CUDA or INTERPRETED, reason="the kernels run directly here")
 def test_kernels_under_the_interpreter():
-    _run_this_file_interpreted("not slow")  # about a minute on two busy cores
+    _run_this_file_interpreted("not slow")
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(ON_CUDA or INTERPRETED, reason="the kernels run directly here")
 def test_slow_kernel_checks_under_the_interpreter():
-    _run_this_file_interpreted("slow")  # the recipe's L and the inclusion frequencies: a few minutes
+    _run_this_file_interpreted("slow")  # the recipe's L and the inclusion frequencies: 5-9 minutes
 
 
 def _qk(batch, heads, n, dim, seed=0, sharpness=1.0):
@@ -307,6 +308,39 @@ def test_training_model_with_triton_asad_compiles_to_one_graph():
                     decoder_num_heads=2, asad_p=0.2, asad_kernel="triton").to(DEVICE).train()
     explanation = torch._dynamo.explain(model)(torch.randn(2, 2, 3, 32, 32, device=DEVICE))
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+@pytest.mark.skipif(not ON_CUDA, reason="host-device synchronisation exists on CUDA only")
+def test_triton_asad_does_not_synchronise_with_the_host():
+    from dropmae.models.asad_triton import asad_drop_bitmask, bitmask_attention
+
+    q, k = _qk(4, 4, 196, 32)
+    v = torch.randn_like(q).requires_grad_()
+    q.requires_grad_()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host-device synchronisation raises
+    try:
+        out = bitmask_attention(q, k, v, asad_drop_bitmask(q, k, 196, 0.1))
+        out.backward(torch.ones_like(out))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@kernels
+def test_custom_ops_pass_opcheck():
+    """Fake (meta) kernels agree with the real ones on shapes and strides, for the strided q, k, v
+    views the model passes (a wrong stride only shows under torch.compile's Inductor)."""
+    from dropmae.models.asad_triton import _draw_seed, pack_drop_mask
+
+    n, dim = 16, 8
+    qkv = torch.randn(2, 2 * n, 3, 2, dim, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # as ASADAttention slices them
+    bits = pack_drop_mask(_random_drop_mask(2, 2, 2 * n, seed=0))
+    seed = _draw_seed(q.device, _same_generator(0))
+    torch.library.opcheck(torch.ops.dropmae.asad_drop_bitmask.default, (q, k, seed, n, num_dropped_entries(n, 0.2),
+                                                                           dim**-0.5))
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    torch.library.opcheck(torch.ops.dropmae.bitmask_attention_forward.default, (q, k, v, bits, dim**-0.5))
 
 
 def test_asad_kernel_choice():

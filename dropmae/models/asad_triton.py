@@ -14,9 +14,10 @@ The draw, per (sample, head), is the same exponential race as the torch path:
    c_i = f_tem(i) / (within-frame row sum without the diagonal + (N - 1) * 1e-6);
 2. race keys log W[i, j] - log E[i, j], E = -log U, U from counter-based Philox (10 rounds)
    keyed by the seed, with counter (query * L + key, sample * H + head): every pass recomputes
-   the same key. One Philox call serves two keys (columns j and j + 16 of a 32-key tile), and
-   the race passes sweep only the key tiles of the queries' own frame (cross-frame entries are
-   never candidates), so a pass costs about a quarter of L x L Philox calls;
+   the same key. One Philox call serves four keys (its four outputs: columns j, j + 16,
+   j + 32, j + 48 of a 64-key tile), and the race passes sweep only the key tiles of the
+   queries' own frame (cross-frame entries are never candidates), so a pass costs about an
+   eighth of L x L Philox calls;
 3. an exact selection of the N_d largest keys by radix select over the keys' monotone 32-bit
    encoding: four passes of 8 bits, each a 256-bin histogram of the entries that agree with
    the bits chosen so far (written per program, summed with 256 atomics). Every program
@@ -91,15 +92,11 @@ def _race_key_encoding(s, rows, cols, L, N, row_max, inv_partition, log_coef, ra
 
 @triton.jit
 def _race_tile(q, k_base, rows, start, offs_d, L, N, D, sk_l, sk_d, scale, row_max, inv_partition, log_coef,
-               seed, bh, HALF: tl.constexpr, IEEE: tl.constexpr, KEY_BITS: tl.constexpr):
+               bits_lo, bits_hi, HALF: tl.constexpr, IEEE: tl.constexpr, KEY_BITS: tl.constexpr):
     """Encoded race keys (and candidacy) of key columns [start, start + HALF) and
-    [start + HALF, start + 2 HALF). One Philox call (counter: query * L + key of the first half,
-    sample * H + head) gives two of its four outputs, one per half: half the Philox work."""
+    [start + HALF, start + 2 HALF), given their random bits."""
     cols_lo = start + tl.arange(0, HALF)
     cols_hi = cols_lo + HALF
-    counter = (rows[:, None] * L + cols_lo[None, :]).to(tl.uint32)
-    zero = counter * 0
-    bits_lo, bits_hi, _, _ = philox(seed, counter, zero + bh.to(tl.uint32), zero, zero)
     s_lo = _dot(q, tl.trans(_load_rows(k_base, cols_lo, offs_d, L, D, sk_l, sk_d)), IEEE) * scale
     s_hi = _dot(q, tl.trans(_load_rows(k_base, cols_hi, offs_d, L, D, sk_l, sk_d)), IEEE) * scale
     encoded_lo, candidate_lo = _race_key_encoding(s_lo, rows, cols_lo, L, N, row_max, inv_partition, log_coef,
@@ -225,34 +222,50 @@ def _race_pass_kernel(q_ptr, k_ptr, stats_ptr, seed_ptr, hist_ptr, block_hist_pt
         bit_of_key = tl.arange(0, BLOCK_N // 2)
     # Only the key tiles of the frames these queries belong to hold candidates: cross-frame
     # blocks (half the matrix) are skipped; their words stay 0 (the bitmask starts zeroed).
-    first_key = (block * BLOCK_M // N) * N // BLOCK_N * BLOCK_N
-    last_key = tl.minimum(L, ((tl.minimum(block * BLOCK_M + BLOCK_M, L) - 1) // N + 1) * N)
     HALF: tl.constexpr = BLOCK_N // 2
-    for start in range(first_key, last_key, BLOCK_N):
-        encoded_lo, candidate_lo, encoded_hi, candidate_hi = _race_tile(
-            q, k_base, rows, start, offs_d, L, N, D, sk_l, sk_d, scale, row_max, inv_partition, log_coef, seed, bh,
-            HALF, IEEE, KEY_BITS)
-        if MODE == 0:
-            local += _digit_histogram(encoded_lo, candidate_lo, prefix, PASS, BINS, BLOCK_M * HALF)
-            local += _digit_histogram(encoded_hi, candidate_hi, prefix, PASS, BINS, BLOCK_M * HALF)
-        if MODE == 1:
-            # Ties are taken in a fixed order: program, key tile, row, key.
-            tie_lo = ((encoded_lo == threshold) & candidate_lo).to(tl.int32)
-            tie_hi = ((encoded_hi == threshold) & candidate_hi).to(tl.int32)
-            row_ties_lo = tl.sum(tie_lo, 1)
-            row_ties = row_ties_lo + tl.sum(tie_hi, 1)
-            before_row = ties_taken + tl.cumsum(row_ties, 0) - row_ties
-            rank_lo = before_row[:, None] + tl.cumsum(tie_lo, 1) - tie_lo
-            rank_hi = (before_row + row_ties_lo)[:, None] + tl.cumsum(tie_hi, 1) - tie_hi
-            dropped_lo = candidate_lo & ((encoded_lo > threshold) | ((tie_lo == 1) & (rank_lo < ties_wanted)))
-            dropped_hi = candidate_hi & ((encoded_hi > threshold) | ((tie_hi == 1) & (rank_hi < ties_wanted)))
-            ties_taken += tl.sum(row_ties, 0)
-            word = (tl.sum(dropped_lo.to(tl.int32) << bit_of_key[None, :], 1)
-                    + tl.sum(dropped_hi.to(tl.int32) << (bit_of_key[None, :] + HALF), 1))
-            tl.store(out_ptr + (bh * L + rows) * words + start // BLOCK_N, word, mask=in_range)
-        if MODE == 2:
-            _store_keys(out_ptr, bh, rows, start + tl.arange(0, HALF), L, encoded_lo, candidate_lo)
-            _store_keys(out_ptr, bh, rows, start + HALF + tl.arange(0, HALF), L, encoded_hi, candidate_hi)
+    first_word_key = (block * BLOCK_M // N) * N // BLOCK_N * BLOCK_N
+    first_key = first_word_key // (2 * BLOCK_N) * (2 * BLOCK_N)
+    last_key = tl.minimum(L, ((tl.minimum(block * BLOCK_M + BLOCK_M, L) - 1) // N + 1) * N)
+    for pair_start in range(first_key, last_key, 2 * BLOCK_N):
+        # One Philox call (counter: query * L + key, sample * H + head) gives all four of its
+        # outputs, for keys j, j + 16, j + 32 and j + 48 of a 64-key tile: a quarter of the calls.
+        counter = (rows[:, None] * L + pair_start + tl.arange(0, HALF)[None, :]).to(tl.uint32)
+        zero = counter * 0
+        random_0, random_1, random_2, random_3 = philox(seed, counter, zero + bh.to(tl.uint32), zero, zero)
+        for word_in_pair in tl.static_range(2):
+            start = pair_start + word_in_pair * BLOCK_N
+            # A word wholly outside the queries' frames holds no candidate (and stays 0).
+            if (start + BLOCK_N > first_word_key) & (start < last_key):
+                if word_in_pair == 0:
+                    bits_lo = random_0
+                    bits_hi = random_1
+                else:
+                    bits_lo = random_2
+                    bits_hi = random_3
+                encoded_lo, candidate_lo, encoded_hi, candidate_hi = _race_tile(
+                    q, k_base, rows, start, offs_d, L, N, D, sk_l, sk_d, scale, row_max, inv_partition, log_coef,
+                    bits_lo, bits_hi, HALF, IEEE, KEY_BITS)
+                if MODE == 0:
+                    local += _digit_histogram(encoded_lo, candidate_lo, prefix, PASS, BINS, BLOCK_M * HALF)
+                    local += _digit_histogram(encoded_hi, candidate_hi, prefix, PASS, BINS, BLOCK_M * HALF)
+                if MODE == 1:
+                    # Ties are taken in a fixed order: program, key tile, row, key.
+                    tie_lo = ((encoded_lo == threshold) & candidate_lo).to(tl.int32)
+                    tie_hi = ((encoded_hi == threshold) & candidate_hi).to(tl.int32)
+                    row_ties_lo = tl.sum(tie_lo, 1)
+                    row_ties = row_ties_lo + tl.sum(tie_hi, 1)
+                    before_row = ties_taken + tl.cumsum(row_ties, 0) - row_ties
+                    rank_lo = before_row[:, None] + tl.cumsum(tie_lo, 1) - tie_lo
+                    rank_hi = (before_row + row_ties_lo)[:, None] + tl.cumsum(tie_hi, 1) - tie_hi
+                    dropped_lo = candidate_lo & ((encoded_lo > threshold) | ((tie_lo == 1) & (rank_lo < ties_wanted)))
+                    dropped_hi = candidate_hi & ((encoded_hi > threshold) | ((tie_hi == 1) & (rank_hi < ties_wanted)))
+                    ties_taken += tl.sum(row_ties, 0)
+                    word = (tl.sum(dropped_lo.to(tl.int32) << bit_of_key[None, :], 1)
+                            + tl.sum(dropped_hi.to(tl.int32) << (bit_of_key[None, :] + HALF), 1))
+                    tl.store(out_ptr + (bh * L + rows) * words + start // BLOCK_N, word, mask=in_range & (start < L))
+                if MODE == 2:
+                    _store_keys(out_ptr, bh, rows, start + tl.arange(0, HALF), L, encoded_lo, candidate_lo)
+                    _store_keys(out_ptr, bh, rows, start + HALF + tl.arange(0, HALF), L, encoded_hi, candidate_hi)
     if MODE == 0:
         bins = tl.arange(0, 2 * BINS)
         tl.atomic_add(hist_ptr + (bh * RADIX_PASSES + PASS) * (2 * BINS) + bins, local, mask=bins < BINS)
@@ -500,7 +513,7 @@ def _attention_launch(q: torch.Tensor) -> dict:
 def _bitmask_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bits: torch.Tensor,
                                scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     batch, heads, length, dim = q.shape
-    out = torch.empty_like(q)
+    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)  # contiguous, as the fake says
     lse = torch.empty(batch * heads, length, device=q.device, dtype=torch.float32)
     bits = bits.contiguous()
     grid = (triton.cdiv(length, BLOCK_QUERIES), batch * heads)
@@ -512,7 +525,7 @@ def _bitmask_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 @_bitmask_attention_forward.register_fake
 def _(q, k, v, bits, scale):
     batch, heads, length, _ = q.shape
-    return torch.empty_like(q), q.new_empty(batch * heads, length, dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty(batch * heads, length, dtype=torch.float32)
 
 
 @torch.library.custom_op("dropmae::bitmask_attention_backward", mutates_args=())
@@ -538,7 +551,8 @@ def _bitmask_attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torc
 
 @_bitmask_attention_backward.register_fake
 def _(grad_out, q, k, v, bits, out, lse, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    # Contiguous, as the kernels write them (empty_like would copy a strided view's layout).
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
