@@ -9,6 +9,13 @@ whole demo. The README's "Does pretraining pay off on the demo?" lists the runs 
     python benchmarks/demo_payoff.py probe tw --checkpoint OUTPUT/pretrain/tw/checkpoint-last.pth
     python benchmarks/demo_payoff.py track tw --checkpoint OUTPUT/pretrain/tw/checkpoint-last.pth
     python benchmarks/demo_payoff.py segment tw --checkpoint OUTPUT/pretrain/tw/checkpoint-last.pth
+    python benchmarks/demo_payoff.py size-bias tw --checkpoint OUTPUT/track/tw/run/checkpoint-last.pth
+
+size-bias asks why a tracker loses its target: every third frame of every sequence is tracked from a
+search crop cut around the TRUE previous box (no drift can build up), and it reports the median of
+predicted / true box side and of the centre error in box sides. A side ratio above 1 compounds:
+the next crop is cut around the larger box, so a tracker that is 10% too large per step has doubled
+its box in seven frames.
 
 Config: params.yaml + config/demo.yaml unless --config is given, then --set overrides (for example
 a larger val split built with dropmae.demo.benchmark: --set 'tracking.benchmarks={...}'). Trackers
@@ -37,9 +44,38 @@ def _scores(metrics: dict, keys: tuple[str, ...]) -> dict:
     return {key: metrics.get(key) for key in keys}
 
 
+def one_step_size_bias(tracker_checkpoint: str, config, benchmark: str, frame_step: int = 3) -> dict:
+    """Medians of predicted / true box side and of centre error / true side, each frame tracked from a crop
+    around the true previous box (see the module's docstring)."""
+    import numpy as np
+
+    from dropmae.data.images import read_rgb
+    from dropmae.tracking.datasets import read_benchmark
+    from dropmae.tracking.tracker import DropTracker, TrackerSettings
+    from dropmae.tracking.train import load_finetuned_tracker
+
+    model, tracker_config = load_finetuned_tracker(tracker_checkpoint)
+    tracker = DropTracker(model, TrackerSettings.from_config(tracker_config.tracking))
+    bench = config.tracking.benchmarks[benchmark]
+    side_ratios, centre_errors = [], []
+    for sequence in read_benchmark(bench.format, bench.root, config.tracking.evaluate[benchmark].split):
+        tracker.initialize(read_rgb(sequence.frames[0]), sequence.boxes[0])
+        for index in range(1, len(sequence.frames), frame_step):
+            previous, truth = sequence.boxes[index - 1], sequence.boxes[index]
+            if not (sequence.visible[index - 1] and sequence.visible[index]):
+                continue
+            tracker.state = previous.copy()
+            predicted = tracker.track(read_rgb(sequence.frames[index]))
+            true_side = np.sqrt(truth[2] * truth[3])
+            side_ratios.append(np.sqrt(predicted[2] * predicted[3]) / true_side)
+            centre_errors.append(np.linalg.norm(predicted[:2] + predicted[2:] / 2 - truth[:2] - truth[2:] / 2) / true_side)
+    return {"side_ratio": float(np.median(side_ratios)), "centre_error": float(np.median(centre_errors)),
+            "frames": len(side_ratios)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["pretrain", "random-init", "probe", "track", "segment"])
+    parser.add_argument("step", choices=["pretrain", "random-init", "probe", "track", "segment", "size-bias"])
     parser.add_argument("name", help="the run's name (a folder under OUTPUT/<step>/)")
     parser.add_argument("--checkpoint", help="a pretraining checkpoint (probe, track, segment; none: no pretraining)")
     parser.add_argument("--method", default="twinmae", choices=["twinmae", "dropmae"])
@@ -71,6 +107,9 @@ def main() -> None:
                                          out / f"{benchmark}.json", out / f"{benchmark}.png", out / f"raw_{benchmark}",
                                          report=ignore)
             record[benchmark] = _scores(metrics, ("jf", "j", "f"))
+    elif args.step == "size-bias":
+        for benchmark in config.tracking.evaluate:
+            record[benchmark] = one_step_size_bias(args.checkpoint, config, benchmark)
     else:  # fine-tune a tracker or a segmenter, then score it on every benchmark its section evaluates
         from dropmae.segmentation.train import finetune_segmenter
         from dropmae.tracking.train import finetune_tracker

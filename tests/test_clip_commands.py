@@ -27,8 +27,8 @@ from dropmae.tracking.results import write_got10k_result
 from dropmae.tracking.train import tracker_model_arguments
 from workflow_support import REPO, TINY_OVERLAY, with_segmentation, with_tracking, write_yaml
 
-SETTINGS = DemoBenchmarkSettings(train_sequences=1, val_sequences=3, frames_per_sequence=8, frame_size=(64, 48),
-                                 objects_per_sequence=2)
+SETTINGS = DemoBenchmarkSettings(train_sequences=1, train_photo_sequences=0, val_sequences=3, frames_per_sequence=8,
+                                 frame_size=(64, 48), objects_per_sequence=2)
 
 
 @pytest.fixture(scope="module")

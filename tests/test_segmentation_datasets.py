@@ -222,6 +222,7 @@ def test_greyscale_mask_other_than_0_255_is_refused(tmp_path):
 
 def test_demo_benchmark_reads_as_davis2017(tmp_path, demo_tree):
     settings = DemoBenchmarkSettings(
+        train_photo_sequences=0,
         train_sequences=1, val_sequences=2, frames_per_sequence=6, frame_size=(48, 40), objects_per_sequence=2
     )
     build_demo_benchmark(demo_tree, tmp_path / "bench", settings)

@@ -310,6 +310,7 @@ def test_youtube_vos_objects_are_scored_after_their_first_annotation(tmp_path):
 
 def test_copy_first_mask_baseline_on_the_demo_benchmark_matches_vos_benchmark(tmp_path, demo_tree):
     settings = DemoBenchmarkSettings(
+        train_photo_sequences=0,
         train_sequences=1, val_sequences=3, frames_per_sequence=8, frame_size=(64, 48), objects_per_sequence=2
     )
     build_demo_benchmark(demo_tree, tmp_path / "bench", settings)

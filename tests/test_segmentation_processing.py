@@ -44,6 +44,7 @@ def demo_davis(tmp_path_factory, demo_tree):
     """DAVIS-2017 train split of the demo benchmark: 3 sequences, 12 frames of 48x40, objects 1 and 2."""
     root = tmp_path_factory.mktemp("seg_processing") / "bench"
     settings = DemoBenchmarkSettings(
+        train_photo_sequences=0,
         train_sequences=3, val_sequences=1, frames_per_sequence=12, frame_size=(48, 40), objects_per_sequence=2
     )
     build_demo_benchmark(demo_tree, root, settings)

@@ -34,7 +34,7 @@ LOCAL_LAUNCHER = {
 def benchmark(tmp_path_factory, demo_tree):
     """DAVIS layout: 4 train and 2 val sequences of 8 frames, 96x64."""
     root = tmp_path_factory.mktemp("segmentation") / "bench"
-    build_demo_benchmark(demo_tree, root, DemoBenchmarkSettings(train_sequences=4, val_sequences=2,
+    build_demo_benchmark(demo_tree, root, DemoBenchmarkSettings(train_sequences=4, val_sequences=2, train_photo_sequences=0,
                                                                 frames_per_sequence=8, frame_size=(96, 64)))
     return root / "davis"
 

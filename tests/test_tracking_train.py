@@ -26,7 +26,7 @@ from dropmae.workflow.stages import evaluate_tracker_stage
 @pytest.fixture(scope="module")
 def benchmark(tmp_path_factory, demo_tree):
     root = tmp_path_factory.mktemp("tracking") / "bench"
-    build_demo_benchmark(demo_tree, root, DemoBenchmarkSettings(train_sequences=4, val_sequences=2,
+    build_demo_benchmark(demo_tree, root, DemoBenchmarkSettings(train_sequences=4, val_sequences=2, train_photo_sequences=0,
                                                                 frames_per_sequence=12, frame_size=(96, 64)))
     return root / "got10k"
 

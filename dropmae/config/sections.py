@@ -98,8 +98,9 @@ class PretrainConfig:
     precision: str = "auto"  # bf16 on GPU and fp32 on CPU when auto
     compile: bool = False  # torch.compile the training model (the same computation, fused kernels)
     # ASAD's implementation: auto (the fused Triton kernels on CUDA, torch elsewhere), torch or
-    # triton. The same distribution of the draw; the random numbers differ.
-    asad_kernel: str = "auto"
+    # triton. The same distribution of the draw; the random numbers differ. torch by default until
+    # the Triton kernels have run on a GPU (benchmarks/gpu_check.sh); so far only the interpreter.
+    asad_kernel: str = "torch"
     num_workers: int = 10
     seed: int = 0
     keep_epochs: list[int] = field(default_factory=list)  # epochs whose checkpoint is kept besides -last
