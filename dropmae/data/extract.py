@@ -23,7 +23,6 @@ import stat
 import sys
 import tempfile
 import threading
-import time
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
