@@ -119,8 +119,9 @@ def main() -> None:
             "segment": (finetune_segmenter, stages.evaluate_segmenter_stage, config.segmentation, ("jf", "j", "f")),
         }[args.step]
         outcome = finetune(config, args.checkpoint, out / "run", device="cpu", progress=False)
-        record["last_loss"] = outcome.last_loss
-        for benchmark in section.evaluate:
+        record.update(last_loss=outcome.last_loss, status=outcome.status)
+        # a run stopped by a signal is not scored: its half-trained scores would mislead
+        for benchmark in section.evaluate if outcome.status == "completed" else ():
             metrics = evaluate(config, args.name, benchmark, out / "run" / "checkpoint-last.pth", out / f"{benchmark}.json",
                                out / f"{benchmark}.png", out / f"raw_{benchmark}", report=ignore)
             record[benchmark] = _scores(metrics, keys)
