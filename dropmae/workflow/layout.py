@@ -340,15 +340,22 @@ TRACKING_CURVE_FILES = {"success": "success.csv", "precision": "precision.csv",
 TRACKER_CURVES_TEMPLATE = "rules/plot_templates/tracker_curves.json"
 
 
+def _benchmark_outputs(folder: str, files: dict[str, str], benchmark: str) -> dict[str, str]:
+    return {role: f"{folder.format(benchmark=benchmark)}/{name}" for role, name in files.items()}
+
+
+def _table_models(kind, config: Config) -> list[str]:
+    """The models of the pretraining and data-sources tables, each once, in table order."""
+    return list(dict.fromkeys(kind.table_models(config, "pretraining") + kind.table_models(config, "datasources")))
+
+
 def tracking_curves_outputs(benchmark: str = "{benchmark}") -> dict[str, str]:
-    return {role: f"{TRACKING_CURVES_DIR.format(benchmark=benchmark)}/{name}"
-            for role, name in TRACKING_CURVE_FILES.items()}
+    return _benchmark_outputs(TRACKING_CURVES_DIR, TRACKING_CURVE_FILES, benchmark)
 
 
 def curve_trackers(config: Config) -> list[str]:
     """The trackers a benchmark's curves compare: those of the pretraining and data-sources tables."""
-    names = TRACKING.table_models(config, "pretraining") + TRACKING.table_models(config, "datasources")
-    return list(dict.fromkeys(names))
+    return _table_models(TRACKING, config)
 
 
 # Per segmentation.evaluate benchmark: J&F of every segmenter per sequence (CSV and bar chart).
@@ -357,14 +364,12 @@ SEGMENTATION_SEQUENCE_FILES = {"csv": "jf_per_sequence.csv", "plot": "jf_per_seq
 
 
 def segmentation_sequences_outputs(benchmark: str = "{benchmark}") -> dict[str, str]:
-    return {role: f"{SEGMENTATION_SEQUENCES_DIR.format(benchmark=benchmark)}/{name}"
-            for role, name in SEGMENTATION_SEQUENCE_FILES.items()}
+    return _benchmark_outputs(SEGMENTATION_SEQUENCES_DIR, SEGMENTATION_SEQUENCE_FILES, benchmark)
 
 
 def curve_segmenters(config: Config) -> list[str]:
     """The segmenters a benchmark's per-sequence chart compares: those of the pretraining and data-sources tables."""
-    names = SEGMENTATION.table_models(config, "pretraining") + SEGMENTATION.table_models(config, "datasources")
-    return list(dict.fromkeys(names))
+    return _table_models(SEGMENTATION, config)
 
 
 # Per kind of training (pretraining, tracking, segmentation): every table run's loss and lr against
