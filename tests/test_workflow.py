@@ -654,7 +654,7 @@ def dvc_repo(tmp_path_factory, demo_tree) -> Path:
 
 def test_dvc_repro_metrics_plots_and_experiments(dvc_repo):
     # DVC runs its 32 stages here one after another, a fresh process each, on a shared machine.
-    repro = run(["dvc", "repro"], dvc_repo, timeout=1200)
+    repro = run(["dvc", "repro"], dvc_repo, timeout=2700)
     assert "Running stage 'pretrain@demo-dropmae-1'" in repro.stdout
     assert (dvc_repo / layout.table_csv("datasources")).is_file()
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], dvc_repo).stdout
@@ -680,7 +680,7 @@ def test_dvc_repro_metrics_plots_and_experiments(dvc_repo):
     git = ["git", "-c", "user.email=ci@example.org", "-c", "user.name=ci"]
     run([*git, "add", "-A"], dvc_repo)
     run([*git, "commit", "-qm", "first run"], dvc_repo)
-    experiment = run(["dvc", "exp", "run", "-S", "pretrain.epochs=[1,2]"], dvc_repo, timeout=1200)
+    experiment = run(["dvc", "exp", "run", "-S", "pretrain.epochs=[1,2]"], dvc_repo, timeout=2700)
     ran = {line.split("'")[1] for line in experiment.stdout.splitlines() if line.startswith("Running stage")}
     assert ran == {"pretrain@demo-twinmae-2", "pretrain@demo-dropmae-2", "analyse@demo-twinmae-2",
                    "analyse@demo-dropmae-2", "finetune_tracker@demo-twinmae-2", "finetune_tracker@demo-dropmae-2",
