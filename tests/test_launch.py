@@ -18,6 +18,7 @@ from dropmae.engine.pretrain import pretrain
 from dropmae.launch.submitit_launch import (
     LaunchError,
     PretrainJob,
+    _stop_local_job,
     build_executor,
     launch_pretraining,
     wait_for_result,
@@ -65,6 +66,37 @@ def test_a_failing_job_raises_its_own_error_in_the_waiter(tmp_path):
     with pytest.raises(LaunchError, match="manifest"):
         launch_pretraining(config, Cell("dropmae", 2, "demo"), tmp_path / "no-frames-here", tmp_path / "run",
                            report=lambda message: None, poll_s=0.2)
+
+
+def test_stopping_a_local_job_waits_for_its_checkpoint_beyond_submitits_one_second(tmp_path):
+    """submitit's own cancel SIGKILLs a local task one second after its SIGINT; a trainer that needs
+    longer to finish its step and checkpoint must still get to write it."""
+    import time
+
+    marker = tmp_path / "checkpoint-written"
+    started = tmp_path / "started"
+
+    def slow_to_checkpoint() -> str:
+        interrupted = []
+        signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+        started.touch()
+        while not interrupted:
+            time.sleep(0.05)
+        time.sleep(3.0)  # the step in flight and the checkpoint write
+        marker.write_text("ok")
+        return "stopped"
+
+    config = tiny_config(launcher=LOCAL)
+    job = build_executor(config.launcher, tmp_path / "submitit", name="slow").submit(slow_to_checkpoint)
+    deadline = time.time() + 120
+    while not started.exists():
+        assert time.time() < deadline and job.get_info()["jobState"] == "RUNNING", job.stderr()
+        time.sleep(0.1)
+    messages = []
+    _stop_local_job(job, messages.append, grace_s=60)
+    assert marker.read_text() == "ok", messages
+    assert job.get_info()["jobState"] != "RUNNING"
+    assert any("finishes the step" in message for message in messages)
 
 
 def test_the_local_executor_runs_one_node():

@@ -429,4 +429,4 @@ def test_sigterm_to_the_waiting_stage_cancels_its_local_job(frames_root, tmp_pat
                 assert time.time() < deadline, "the local job kept training after its waiter was terminated"
                 time.sleep(0.5)
     events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    assert events[-1]["event"] == "interrupted" and events[-1]["reason"] == "SIGINT"  # submitit's cancel
+    assert events[-1]["event"] == "interrupted" and events[-1]["reason"] == "SIGINT"  # the waiter Ctrl-Cs its local job

@@ -23,6 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+import psutil
 import submitit
 from submitit.helpers import Checkpointable
 
@@ -294,6 +295,35 @@ def _sigterm_as_keyboard_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+LOCAL_STOP_GRACE_S = 300.0
+
+
+def _stop_local_job(job: submitit.Job, report: Callable[[str], None],
+                    grace_s: float = LOCAL_STOP_GRACE_S) -> None:
+    """Ctrl-C the local job's tasks themselves and wait for their checkpoint.
+
+    submitit's ``LocalJob.cancel`` interrupts the job's controller process, which forwards SIGINT
+    to the tasks and SIGKILLs them one second later: a step plus a checkpoint write on a loaded
+    machine takes longer, and the run would lose its last epochs. A local job's id is its
+    controller's process id; the tasks are that process's children.
+    """
+    try:
+        controller = psutil.Process(int(job.job_id))
+        tasks = controller.children()
+    except (psutil.NoSuchProcess, ValueError):
+        return
+    for task in tasks:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            task.send_signal(signal.SIGINT)
+    report(f"stopping local job {job.job_id}: its trainer finishes the step and writes checkpoint-last")
+    _, still_running = psutil.wait_procs(tasks, timeout=grace_s)
+    if still_running:
+        report(f"local job {job.job_id} did not stop within {grace_s:.0f} s; killing it")
+    job.cancel()  # ends the controller (and kills whatever task is left)
+    with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
+        controller.wait(timeout=10)
+
+
 def launch_training(config: Config, job_callable: TrainingJob, output_dir: str | Path, name: str,
                     report: Callable[[str], None] = print, poll_s: float = 5.0) -> dict:
     """Run one training job through submitit and wait for it; returns the job's summary.
@@ -321,7 +351,7 @@ def launch_training(config: Config, job_callable: TrainingJob, output_dir: str |
             result = wait_for_result(job, launcher.executor, poll_s=poll_s, report=report)
     except KeyboardInterrupt:
         if launcher.executor == "local":
-            job.cancel()  # a local job dies with its waiter; it resumes from its checkpoint next time
+            _stop_local_job(job, report)  # a local job dies with its waiter; it resumes from its checkpoint next time
         else:
             report(f"job {job.job_id} keeps running; rerunning attaches to it")
         raise
