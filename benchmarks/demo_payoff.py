@@ -10,12 +10,18 @@ whole demo. The README's "Does pretraining pay off on the demo?" lists the runs 
     python benchmarks/demo_payoff.py track tw --checkpoint OUTPUT/pretrain/tw/checkpoint-last.pth
     python benchmarks/demo_payoff.py segment tw --checkpoint OUTPUT/pretrain/tw/checkpoint-last.pth
     python benchmarks/demo_payoff.py size-bias tw --checkpoint OUTPUT/track/tw/run/checkpoint-last.pth
+    python benchmarks/demo_payoff.py transfer tw --checkpoint OUTPUT/track/tw/run/checkpoint-last.pth
 
 size-bias asks why a tracker loses its target: every third frame of every sequence is tracked from a
 search crop cut around the TRUE previous box (no drift can build up), and it reports the median of
 predicted / true box side and of the centre error in box sides. A side ratio above 1 compounds:
 the next crop is cut around the larger box, so a tracker that is 10% too large per step has doubled
 its box in seven frames.
+
+transfer asks which novelty a tracker fails on: it renders TRANSFER_SEQUENCES fresh sequences (their own
+seed, not the benchmark's) for each pairing of backgrounds (the demo clips, the unseen split's photos,
+the train photos) with objects (the bank's seen ones, the unseen split's), tracks them, and reports the
+mean IoU over frames 1.. of the tracker and of repeating the first box.
 
 Config: params.yaml + config/demo.yaml unless --config is given, then --set overrides (for example
 a larger val split built with dropmae.demo.benchmark: --set 'tracking.benchmarks={...}'). Trackers
@@ -73,9 +79,48 @@ def one_step_size_bias(tracker_checkpoint: str, config, benchmark: str, frame_st
             "frames": len(side_ratios)}
 
 
+TRANSFER_SEQUENCES = 24
+TRANSFER_SEED = 7  # the sequences' SeedSequence([TRANSFER_SEED, TRANSFER_SPLIT_ID, k]), no benchmark split's
+TRANSFER_SPLIT_ID = 9
+
+
+def transfer(tracker_checkpoint: str, videos_root: str = "data/demo-videos") -> dict:
+    """Mean IoU of the tracker and of the first box on each background x object pairing (see the docstring)."""
+    import numpy as np
+
+    from dropmae.demo import benchmark as demo
+    from dropmae.tracking.tracker import DropTracker, TrackerSettings
+    from dropmae.tracking.train import load_finetuned_tracker
+    from dropmae.workflow.stages import _demo_benchmark_settings
+
+    settings = _demo_benchmark_settings()
+    bank = demo.load_object_bank()
+    objects = {"seen": [t for i, t in enumerate(bank) if not demo.is_unseen_object(i)],
+               "unseen": [t for i, t in enumerate(bank) if demo.is_unseen_object(i)]}
+    backgrounds = {"clips": demo.load_background_clips(videos_root, settings.frame_size),
+                   "unseen_photos": demo.load_unseen_clips(settings), "train_photos": demo.load_train_photo_clips(settings)}
+    model, tracker_config = load_finetuned_tracker(tracker_checkpoint)
+    tracker = DropTracker(model, TrackerSettings.from_config(tracker_config.tracking))
+    scores = {}
+    for background_name, clips in backgrounds.items():
+        for object_name, textures in objects.items():
+            tracked, first_box = [], []
+            for k in range(TRANSFER_SEQUENCES):
+                rng = np.random.default_rng(np.random.SeedSequence([TRANSFER_SEED, TRANSFER_SPLIT_ID, k]))
+                sequence = demo.render_sequence(textures, clips, settings, rng)
+                boxes = sequence.boxes
+                tracker.initialize(sequence.tracking_frames[0], boxes[0])
+                predicted = np.stack([tracker.track(frame) for frame in sequence.tracking_frames[1:]])
+                tracked.append(demo.box_iou_xywh(predicted, boxes[1:]))
+                first_box.append(demo.box_iou_xywh(np.repeat(boxes[:1], len(boxes) - 1, axis=0), boxes[1:]))
+            scores[f"{background_name}+{object_name}"] = {"tracker": float(np.concatenate(tracked).mean()),
+                                                          "first_box": float(np.concatenate(first_box).mean())}
+    return scores
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["pretrain", "random-init", "probe", "track", "segment", "size-bias"])
+    parser.add_argument("step", choices=["pretrain", "random-init", "probe", "track", "segment", "size-bias", "transfer"])
     parser.add_argument("name", help="the run's name (a folder under OUTPUT/<step>/)")
     parser.add_argument("--checkpoint", help="a pretraining checkpoint (probe, track, segment; none: no pretraining)")
     parser.add_argument("--method", default="twinmae", choices=["twinmae", "dropmae"])
@@ -107,6 +152,8 @@ def main() -> None:
                                          out / f"{benchmark}.json", out / f"{benchmark}.png", out / f"raw_{benchmark}",
                                          report=ignore)
             record[benchmark] = _scores(metrics, ("jf", "j", "f"))
+    elif args.step == "transfer":
+        record.update(transfer(args.checkpoint))
     elif args.step == "size-bias":
         for benchmark in config.tracking.evaluate:
             record[benchmark] = one_step_size_bias(args.checkpoint, config, benchmark)
