@@ -91,9 +91,9 @@ def transfer(tracker_checkpoint: str, videos_root: str = "data/demo-videos") -> 
     from dropmae.demo import benchmark as demo
     from dropmae.tracking.tracker import DropTracker, TrackerSettings
     from dropmae.tracking.train import load_finetuned_tracker
-    from dropmae.workflow.stages import _demo_benchmark_settings
+    from dropmae.workflow.stages import demo_benchmark_settings
 
-    settings = _demo_benchmark_settings()
+    settings = demo_benchmark_settings()
     bank = demo.load_object_bank()
     objects = {"seen": [t for i, t in enumerate(bank) if not demo.is_unseen_object(i)],
                "unseen": [t for i, t in enumerate(bank) if demo.is_unseen_object(i)]}

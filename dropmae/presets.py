@@ -37,9 +37,9 @@ TRACKING_PRESETS: dict[str, dict] = {
     "search384_full_ep300": {**_SEARCH_384, **_FULL_EP300},
     # Laptop-sized: 32 px template and 64 px search crops for the micro demo encoder (patch 8),
     # 512 pairs per epoch. The backbone learns at the head's lr (x1.0; the recipe has x0.1): on the
-    # demo benchmark with its photo sequences, x1.0 raised every tracker's val AO by 4-9 points and
+    # demo benchmark with its photo sequences, x1.0 raised every tracker's val AO by 5-10 points and
     # kept the pretrained ones above random init (README, "Does pretraining pay off on the demo?");
-    # at x0.1 the micro encoder barely moves in 80 short epochs. No candidate
+    # x0 (frozen) fell to 24.7. No candidate
     # elimination: with one CE block over 64 search tokens it saves little, and when it started
     # (epoch 20) it stalled a DropMAE tracker's fine-tuning (loss flat at 2.4-2.5, AO 19.0 below
     # the first-frame box); the same checkpoint without CE reached AO 36.6.

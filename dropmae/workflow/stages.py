@@ -259,7 +259,8 @@ TRACKING_OPERATIONAL_KEYS = {"preset", "baseline", "benchmarks", "evaluate", "nu
 TRACKING_TEST_KEYS = ("template_factor", "search_factor", "clip_margin")
 
 
-def _demo_benchmark_settings():
+def demo_benchmark_settings():
+    """The settings the DAG builds the demo benchmark with (and benchmarks/demo_payoff.py renders with)."""
     from dropmae.demo.benchmark import DemoBenchmarkSettings
 
     # Val targets are objects also seen in training: the bank has 17 objects, too few for a
@@ -272,7 +273,7 @@ def demo_benchmark_signature() -> dict:
     """What the demo benchmark is built from, besides the videos: its settings and photo lists."""
     from dropmae.demo.benchmark import TRAIN_PHOTOS, UNSEEN_PHOTOS
 
-    return {"settings": _demo_benchmark_settings().as_dict(), "train_photos": list(TRAIN_PHOTOS),
+    return {"settings": demo_benchmark_settings().as_dict(), "train_photos": list(TRAIN_PHOTOS),
             "unseen_photos": list(UNSEEN_PHOTOS)}
 
 
@@ -281,7 +282,7 @@ def build_demo_benchmark_stage(videos_root: str | Path, summary_path: str | Path
     from dropmae.demo.benchmark import build_demo_benchmark
 
     summary_path = ensure_parent(summary_path)
-    summary = build_demo_benchmark(videos_root, summary_path.parent, _demo_benchmark_settings())
+    summary = build_demo_benchmark(videos_root, summary_path.parent, demo_benchmark_settings())
     summary_path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 
