@@ -11,12 +11,17 @@ whole demo. The README's "Does pretraining pay off on the demo?" lists the runs 
     python benchmarks/demo_payoff.py segment tw --checkpoint OUTPUT/pretrain/tw/checkpoint-last.pth
     python benchmarks/demo_payoff.py size-bias tw --checkpoint OUTPUT/track/tw/run/checkpoint-last.pth
     python benchmarks/demo_payoff.py transfer tw --checkpoint OUTPUT/track/tw/run/checkpoint-last.pth
+    python benchmarks/demo_payoff.py score-track tw --checkpoint OUTPUT/track/tw/run/checkpoint-last.pth --set 'tracking.benchmarks={...}'
+    python benchmarks/demo_payoff.py score-segment tw --checkpoint OUTPUT/segment/tw/run/checkpoint-last.pth
 
 size-bias asks why a tracker loses its target: every third frame of every sequence is tracked from a
 search crop cut around the TRUE previous box (no drift can build up), and it reports the median of
 predicted / true box side and of the centre error in box sides. A side ratio above 1 compounds:
 the next crop is cut around the larger box, so a tracker that is 10% too large per step has doubled
 its box in seven frames.
+
+score-track / score-segment score an already fine-tuned tracker / segmenter again on every
+benchmark the config evaluates (for example on a larger split, through --set), without fine-tuning.
 
 transfer asks which novelty a tracker fails on: it renders TRANSFER_SEQUENCES fresh sequences (their own
 seed, not the benchmark's) for each pairing of backgrounds (the demo clips, the unseen split's photos,
@@ -120,7 +125,8 @@ def transfer(tracker_checkpoint: str, videos_root: str = "data/demo-videos") -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["pretrain", "random-init", "probe", "track", "segment", "size-bias", "transfer"])
+    parser.add_argument("step", choices=["pretrain", "random-init", "probe", "track", "segment", "size-bias", "transfer",
+                                         "score-track", "score-segment"])
     parser.add_argument("name", help="the run's name (a folder under OUTPUT/<step>/)")
     parser.add_argument("--checkpoint", help="a pretraining checkpoint (probe, track, segment; none: no pretraining)")
     parser.add_argument("--method", default="twinmae", choices=["twinmae", "dropmae"])
@@ -154,6 +160,15 @@ def main() -> None:
             record[benchmark] = _scores(metrics, ("jf", "j", "f"))
     elif args.step == "transfer":
         record.update(transfer(args.checkpoint))
+    elif args.step in ("score-track", "score-segment"):  # a fine-tuned checkpoint, scored again (e.g. on a larger split)
+        evaluate, section, keys = {
+            "score-track": (stages.evaluate_tracker_stage, config.tracking, ("ao", "sr50", "sr75")),
+            "score-segment": (stages.evaluate_segmenter_stage, config.segmentation, ("jf", "j", "f")),
+        }[args.step]
+        for benchmark in section.evaluate:
+            metrics = evaluate(config, args.name, benchmark, args.checkpoint, out / f"{benchmark}.json",
+                               out / f"{benchmark}.png", out / f"raw_{benchmark}", report=ignore)
+            record[benchmark] = _scores(metrics, keys)
     elif args.step == "size-bias":
         for benchmark in config.tracking.evaluate:
             record[benchmark] = one_step_size_bias(args.checkpoint, config, benchmark)
