@@ -123,12 +123,28 @@ def transfer(tracker_checkpoint: str, videos_root: str = "data/demo-videos") -> 
     return scores
 
 
+def score_finetuned(config, task: str, name: str, checkpoint, out: Path) -> dict:
+    """A fine-tuned tracker (task "track") or segmenter ("segment") scored on every benchmark its
+    section evaluates: benchmark -> its scores; files under ``out``."""
+    evaluate, section, keys = {
+        "track": (stages.evaluate_tracker_stage, config.tracking, ("ao", "sr50", "sr75")),
+        "segment": (stages.evaluate_segmenter_stage, config.segmentation, ("jf", "j", "f")),
+    }[task]
+    scores = {}
+    for benchmark in section.evaluate:
+        metrics = evaluate(config, name, benchmark, checkpoint, out / f"{benchmark}.json", out / f"{benchmark}.png",
+                           out / f"raw_{benchmark}", report=lambda message: None)
+        scores[benchmark] = _scores(metrics, keys)
+    return scores
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=["pretrain", "random-init", "probe", "track", "segment", "size-bias", "transfer",
                                          "score-track", "score-segment"])
     parser.add_argument("name", help="the run's name (a folder under OUTPUT/<step>/)")
-    parser.add_argument("--checkpoint", help="a pretraining checkpoint (probe, track, segment; none: no pretraining)")
+    parser.add_argument("--checkpoint", help="a pretraining checkpoint (probe, track, segment; none: no pretraining), "
+                        "or a fine-tuned one (size-bias, transfer, score-track, score-segment)")
     parser.add_argument("--method", default="twinmae", choices=["twinmae", "dropmae"])
     parser.add_argument("--config", action="append", default=[])
     parser.add_argument("--set", action="append", default=[], dest="overrides")
@@ -161,14 +177,7 @@ def main() -> None:
     elif args.step == "transfer":
         record.update(transfer(args.checkpoint))
     elif args.step in ("score-track", "score-segment"):  # a fine-tuned checkpoint, scored again (e.g. on a larger split)
-        evaluate, section, keys = {
-            "score-track": (stages.evaluate_tracker_stage, config.tracking, ("ao", "sr50", "sr75")),
-            "score-segment": (stages.evaluate_segmenter_stage, config.segmentation, ("jf", "j", "f")),
-        }[args.step]
-        for benchmark in section.evaluate:
-            metrics = evaluate(config, args.name, benchmark, args.checkpoint, out / f"{benchmark}.json",
-                               out / f"{benchmark}.png", out / f"raw_{benchmark}", report=ignore)
-            record[benchmark] = _scores(metrics, keys)
+        record.update(score_finetuned(config, args.step.removeprefix("score-"), args.name, args.checkpoint, out))
     elif args.step == "size-bias":
         for benchmark in config.tracking.evaluate:
             record[benchmark] = one_step_size_bias(args.checkpoint, config, benchmark)
@@ -176,17 +185,12 @@ def main() -> None:
         from dropmae.segmentation.train import finetune_segmenter
         from dropmae.tracking.train import finetune_tracker
 
-        finetune, evaluate, section, keys = {
-            "track": (finetune_tracker, stages.evaluate_tracker_stage, config.tracking, ("ao", "sr50", "sr75")),
-            "segment": (finetune_segmenter, stages.evaluate_segmenter_stage, config.segmentation, ("jf", "j", "f")),
-        }[args.step]
+        finetune = {"track": finetune_tracker, "segment": finetune_segmenter}[args.step]
         outcome = finetune(config, args.checkpoint, out / "run", device="cpu", progress=False)
         record.update(last_loss=outcome.last_loss, status=outcome.status)
         # a run stopped by a signal is not scored: its half-trained scores would mislead
-        for benchmark in section.evaluate if outcome.status == "completed" else ():
-            metrics = evaluate(config, args.name, benchmark, out / "run" / "checkpoint-last.pth", out / f"{benchmark}.json",
-                               out / f"{benchmark}.png", out / f"raw_{benchmark}", report=ignore)
-            record[benchmark] = _scores(metrics, keys)
+        if outcome.status == "completed":
+            record.update(score_finetuned(config, args.step, args.name, out / "run" / "checkpoint-last.pth", out))
     record["seconds"] = round(time.time() - started, 1)
     line = json.dumps(record)
     print(line)
