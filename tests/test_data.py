@@ -40,6 +40,7 @@ from dropmae.data import (
     seed_worker,
 )
 from dropmae.data.manifest import split_for
+from dropmae.data.pairs import seeded_cpu_rng
 from dropmae.demo.videos import build_demo_video_tree, demo_clip_paths
 
 DEMO_IDS = [f"{name}/{name}_{k}" for name in ("bigbuckbunny", "bikes", "carphone_pristine") for k in (0, 1)]
@@ -405,6 +406,31 @@ def test_shared_crop_applies_one_crop_and_flip(demo_frames):
         views = shared(image, image)
         assert views.shape == (2, 3, 32, 32) and torch.equal(views[0], views[1])
     assert any(not torch.equal(*independent(image, image)) for _ in range(5))
+
+
+def test_colour_augmentation_changes_colours_not_geometry(demo_frames):
+    with Image.open(frame_path(demo_frames, "bikes/bikes_0", 0)) as opened:
+        image = opened.convert("RGB")
+
+    def views(**colours) -> torch.Tensor:
+        with seeded_cpu_rng(3):
+            return PairAugmentation(32, shared_crop=True, normalize=False, **colours)(image, image)
+
+    plain, gray, jittered = views(), views(grayscale_p=1.0), views(color_jitter_p=1.0)
+    # The same crop and flip (the colour draws come after them), other colours.
+    assert torch.equal(plain, views(color_jitter_p=0.0, grayscale_p=0.0))
+    assert torch.equal(gray[:, 0], gray[:, 1]) and torch.equal(gray[:, 1], gray[:, 2])
+    luma = (0.299 * plain[:, 0] + 0.587 * plain[:, 1] + 0.114 * plain[:, 2]).float()
+    assert (gray[:, 0].float() - luma).abs().max() <= 1.0
+    assert not torch.equal(jittered, plain)
+    independent = PairAugmentation(32, normalize=False, color_jitter_p=1.0)
+    with seeded_cpu_rng(3):
+        first, second = independent(image, image)
+    assert not torch.equal(first, second)
+    with pytest.raises(ValueError, match="decode_on_device"):
+        PairAugmentation(32, grayscale_p=0.2).sample_params(image, image)
+    with pytest.raises(ValueError, match="color_jitter_p"):
+        PairAugmentation(32, color_jitter_p=2.0)
 
 
 class _WorkerRandomness(Dataset):

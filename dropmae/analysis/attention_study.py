@@ -54,7 +54,8 @@ ALL_LAYERS = "all"  # the summary's row of the mean over decoder layers
 # those that only change how a run executes or logs, and pretrain.seed / pretrain.methods,
 # which the study sets itself; epochs stays (the default budget is the smallest of them).
 STUDY_PRETRAIN_KEYS = ("epochs", "mask_ratio", "masking", "asad_p", "norm_pix_loss", "frame_gap", "shared_crop",
-                       "crop_scale", "repeated_sampling", "input", "decode_on_device", "batch_size", "accum_iter",
+                       "crop_scale", "color_jitter_p", "grayscale_p", "repeated_sampling", "input", "decode_on_device",
+                       "batch_size", "accum_iter",
                        "blr", "min_lr", "weight_decay", "warmup_epochs", "precision")
 
 

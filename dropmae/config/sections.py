@@ -82,6 +82,10 @@ class PretrainConfig:
     frame_gap: int = 50
     shared_crop: bool = False
     crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
+    # colour jitter (SimCLR's 0.4/0.4/0.4/0.1) and grayscale, each applied to a frame with this
+    # probability; not in the recipe (0), which crops and flips only. CPU decoding only.
+    color_jitter_p: float = 0.0
+    grayscale_p: float = 0.0
     # pairs drawn per video read (video MAE's repeated sampling); an epoch then yields this many
     # pairs per video. 1: the recipe's one pair per video per epoch
     repeated_sampling: int = 1

@@ -145,6 +145,11 @@ def validate(config: Config, *, check_study: bool = True) -> Config:
     _require(p.asad_kernel in ASAD_KERNELS, "pretrain.asad_kernel", f"must be one of {list(ASAD_KERNELS)}", p.asad_kernel)
     _require(p.frame_gap >= 2, "pretrain.frame_gap", "must be >= 2 (a pair needs two distinct frames)", p.frame_gap)
     _require(len(p.crop_scale) == 2 and 0 < p.crop_scale[0] <= p.crop_scale[1] <= 1, "pretrain.crop_scale", "must be [low, high] with 0 < low <= high <= 1", p.crop_scale)
+    for key in ("color_jitter_p", "grayscale_p"):
+        _require(0 <= getattr(p, key) <= 1, f"pretrain.{key}", "must be a probability in [0, 1]", getattr(p, key))
+    _require(not p.decode_on_device or (p.color_jitter_p == 0 and p.grayscale_p == 0), "pretrain.decode_on_device",
+             "cannot be true with pretrain.color_jitter_p or pretrain.grayscale_p > 0 (colour changes need the "
+             "pixels on the CPU)", p.decode_on_device)
     _require(p.input in PAIR_INPUTS, "pretrain.input", f"must be one of {list(PAIR_INPUTS)}", p.input)
     _require(not p.decode_on_device or p.input == "packed", "pretrain.input",
              "must be packed when pretrain.decode_on_device is true", p.input)

@@ -48,12 +48,22 @@ def sample_frame_pair(num_frames: int, max_gap: int, rng: np.random.Generator) -
     return start, end
 
 
+# Colour jitter strengths of SimCLR / MoCo v2 (brightness, contrast, saturation, hue), applied
+# with probability ``color_jitter_p``: a departure from the MAE recipe (crop and flip only).
+COLOR_JITTER_STRENGTHS = (0.4, 0.4, 0.4, 0.1)
+
+
 class PairAugmentation:
     """RandomResizedCrop (bicubic) + horizontal flip + ImageNet normalisation for a frame pair.
 
     By default crop and flip are drawn independently for each frame (as in the
     authors' code); ``shared_crop=True`` applies the same crop box and flip to both.
     Randomness comes from torch's global RNG.
+
+    ``color_jitter_p`` / ``grayscale_p`` > 0 add, after the flip, colour jitter
+    (:data:`COLOR_JITTER_STRENGTHS`) and grayscale conversion with those probabilities, drawn per
+    frame like the crop (once for both with ``shared_crop``). Neither is in the recipe; at 0 (the
+    default) they are left out of the pipeline, so the random draws are the recipe's.
 
     ``normalize=False`` stops at the uint8 crops: a quarter of the bytes through the
     DataLoader's shared memory and the host-to-device copy; :func:`normalize_frames` then
@@ -67,14 +77,24 @@ class PairAugmentation:
         hflip: bool = True,
         shared_crop: bool = False,
         normalize: bool = True,
+        color_jitter_p: float = 0.0,
+        grayscale_p: float = 0.0,
     ) -> None:
+        for name, probability in (("color_jitter_p", color_jitter_p), ("grayscale_p", grayscale_p)):
+            if not 0.0 <= probability <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {probability}")
         self.input_size = input_size
         self.shared_crop = shared_crop
+        self.changes_colours = color_jitter_p > 0 or grayscale_p > 0
         steps = [
             v2.RandomResizedCrop(input_size, scale=crop_scale, interpolation=InterpolationMode.BICUBIC),
             v2.RandomHorizontalFlip(p=0.5 if hflip else 0.0),
-            v2.ToImage(),
         ]
+        if color_jitter_p > 0:
+            steps.append(v2.RandomApply([v2.ColorJitter(*COLOR_JITTER_STRENGTHS)], p=color_jitter_p))
+        if grayscale_p > 0:
+            steps.append(v2.RandomGrayscale(p=grayscale_p))
+        steps.append(v2.ToImage())
         if normalize:
             steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
         self.transform = v2.Compose(steps)
@@ -93,8 +113,12 @@ class PairAugmentation:
 
         The same calls on torch's RNG in the same order as ``__call__`` (torchvision's own
         ``make_params``, then the flip's coin), so the frames need only their size (a JPEG
-        opened but not decoded). Tested against ``__call__``.
+        opened but not decoded). Tested against ``__call__``. Colour changes are pixel work with
+        no parameters to hand on, so an augmentation with them refuses.
         """
+        if self.changes_colours:
+            raise ValueError("colour jitter / grayscale need the decoded pixels: they are applied on the CPU "
+                             "path only (pretrain.decode_on_device must be false)")
         crop, flip = self.transform.transforms[:2]
 
         def draw(*images: Image.Image) -> tuple[int, int, int, int, bool]:
@@ -145,14 +169,17 @@ class _PairDatasetBase(EpochSeededDataset):
     frame_counts: list[int]  # frames of each video, set by the subclass
 
     def __init__(self, input_size: int, max_gap: int, crop_scale: tuple[float, float], shared_crop: bool,
-                 seed: int, rank: int, repeats: int = 1) -> None:
+                 seed: int, rank: int, repeats: int = 1, color_jitter_p: float = 0.0,
+                 grayscale_p: float = 0.0) -> None:
         if max_gap < 2:
             raise ValueError(f"max_gap must be >= 2, got {max_gap}")
         if repeats < 1:
             raise ValueError(f"repeats (pairs per video read) must be >= 1, got {repeats}")
         self.max_gap = max_gap
         self.repeats = repeats
-        self.augmentation = PairAugmentation(input_size, crop_scale=crop_scale, shared_crop=shared_crop)
+        self.colours = dict(color_jitter_p=color_jitter_p, grayscale_p=grayscale_p)
+        self.augmentation = PairAugmentation(input_size, crop_scale=crop_scale, shared_crop=shared_crop,
+                                             **self.colours)
         self.seed = seed
         self.epoch = 0
         self.rank = rank
@@ -206,8 +233,11 @@ class FramePairDataset(_PairDatasetBase):
         seed: int = 0,
         rank: int = 0,
         repeats: int = 1,
+        color_jitter_p: float = 0.0,
+        grayscale_p: float = 0.0,
     ) -> None:
-        super().__init__(input_size, max_gap, crop_scale, shared_crop, seed, rank, repeats)
+        super().__init__(input_size, max_gap, crop_scale, shared_crop, seed, rank, repeats, color_jitter_p,
+                         grayscale_p)
         self.frames_root = Path(frames_root)
         manifest = read_manifest(self.frames_root)
         usable = manifest[(manifest["status"] == "ok") & (manifest["frame_count"] >= 2)]
@@ -231,10 +261,12 @@ class PackedFramePairDataset(FramePairDataset):
 
     def __init__(self, frames_root: str | Path, input_size: int, max_gap: int = 50, split: str | None = "train",
                  crop_scale: tuple[float, float] = (0.2, 1.0), shared_crop: bool = False, seed: int = 0,
-                 rank: int = 0, repeats: int = 1, decode_on_device: bool = False) -> None:
-        super().__init__(frames_root, input_size, max_gap, split, crop_scale, shared_crop, seed, rank, repeats)
+                 rank: int = 0, repeats: int = 1, decode_on_device: bool = False, color_jitter_p: float = 0.0,
+                 grayscale_p: float = 0.0) -> None:
+        super().__init__(frames_root, input_size, max_gap, split, crop_scale, shared_crop, seed, rank, repeats,
+                         color_jitter_p, grayscale_p)
         self.augmentation = PairAugmentation(input_size, crop_scale=crop_scale, shared_crop=shared_crop,
-                                             normalize=False)
+                                             normalize=False, **self.colours)
         self.reader = PackedReader(PackedIndex.load(self.frames_root))
         self.decode_on_device = decode_on_device
 
@@ -275,8 +307,11 @@ class VideoFramePairDataset(_PairDatasetBase):
         seed: int = 0,
         rank: int = 0,
         repeats: int = 1,
+        color_jitter_p: float = 0.0,
+        grayscale_p: float = 0.0,
     ) -> None:
-        super().__init__(input_size, max_gap, crop_scale, shared_crop, seed, rank, repeats)
+        super().__init__(input_size, max_gap, crop_scale, shared_crop, seed, rank, repeats, color_jitter_p,
+                         grayscale_p)
         entries = list(source) if isinstance(source, list) else index_videos(source)
         self.entries: list[VideoEntry] = []
         self.frame_counts: list[int] = []

@@ -94,6 +94,8 @@ def build_pair_dataset(config: Config, data_path: str | Path, split: str = "trai
         max_gap=p.frame_gap,
         crop_scale=tuple(p.crop_scale),
         shared_crop=p.shared_crop,
+        color_jitter_p=p.color_jitter_p,
+        grayscale_p=p.grayscale_p,
         seed=p.seed,
         repeats=p.repeated_sampling,
     )
