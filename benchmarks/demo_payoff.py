@@ -13,6 +13,8 @@ whole demo. The README's "Does pretraining pay off on the demo?" lists the runs 
     python benchmarks/demo_payoff.py transfer tw --checkpoint OUTPUT/track/tw/run/checkpoint-last.pth
     python benchmarks/demo_payoff.py score-track tw --checkpoint OUTPUT/track/tw/run/checkpoint-last.pth --set 'tracking.benchmarks={...}'
     python benchmarks/demo_payoff.py score-segment tw --checkpoint OUTPUT/segment/tw/run/checkpoint-last.pth
+    python benchmarks/demo_payoff.py mix-blocks tw_k3 --checkpoint PRETRAINED.pth --random-init RANDOM.pth --blocks 3
+    python benchmarks/demo_payoff.py unseen-like-frames ul --sequences 40 --benchmark-seed 7
 
 size-bias asks why a tracker loses its target: every third frame of every sequence is tracked from a
 search crop cut around the TRUE previous box (no drift can build up), and it reports the median of
@@ -27,6 +29,17 @@ transfer asks which novelty a tracker fails on: it renders TRANSFER_SEQUENCES fr
 seed, not the benchmark's) for each pairing of backgrounds (the demo clips, the unseen split's photos,
 the train photos) with objects (the bank's seen ones, the unseen split's), tracks them, and reports the
 mean IoU over frames 1.. of the tracker and of repeating the first box.
+
+mix-blocks asks which part of a pretrained encoder a fine-tuning gains or loses from: it writes
+OUTPUT/mix-blocks/NAME/model.pth, the pretrained checkpoint's patch and frame embeddings and its first
+--blocks blocks over the random-init checkpoint (the same architecture and seed, never trained), whose
+remaining blocks and final norm it keeps. Fine-tune from it with track / segment --checkpoint.
+
+unseen-like-frames is a positive control for the pretraining footage: OUTPUT/unseen-like-frames/NAME/ is a
+frame folder (manifest.csv, frames/) with every video of --data plus --sequences pseudo-sequences drawn
+as the unseen split draws them (its photos, its reserved objects) from benchmark seed --benchmark-seed
+(the benchmark's is 0, so no sequence is one the unseen split scores), all as train videos. Pretrain on
+it with pretrain --data; the folder is for measurement only, never for a model the tables report.
 
 Config: params.yaml + config/demo.yaml unless --config is given, then --set overrides (for example
 a larger val split built with dropmae.demo.benchmark: --set 'tracking.benchmarks={...}'). Trackers
@@ -123,6 +136,64 @@ def transfer(tracker_checkpoint: str, videos_root: str = "data/demo-videos") -> 
     return scores
 
 
+def mix_blocks(pretrained: str, random_init: str, blocks: int, output: Path) -> dict:
+    """Write a pretraining checkpoint whose embeddings and first ``blocks`` blocks are ``pretrained``'s and
+    the rest ``random_init``'s (see the docstring); returns what it took."""
+    from dropmae.engine.checkpoint import load_checkpoint
+
+    source, base = load_checkpoint(pretrained), load_checkpoint(random_init)
+    state = dict(base["model"])
+    taken = [key for key in source["model"]
+             if key.startswith(("patch_embed.", "frame_embed"))
+             or (key.startswith("blocks.") and int(key.split(".")[1]) < blocks)]
+    state.update({key: source["model"][key] for key in taken})
+    output.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({**source, "model": state}, output)
+    return {"blocks": blocks, "tensors_from_pretrained": len(taken), "random_init": random_init, "output": str(output)}
+
+
+def unseen_like_frames(frames_root: str, sequences: int, benchmark_seed: int, output: Path,
+                       videos_root: str = "data/demo-videos") -> dict:
+    """Build the positive-control frame folder of the docstring under ``output``; returns its counts."""
+    import dataclasses
+    import os
+    import shutil
+
+    import pandas as pd
+
+    from dropmae.data.manifest import FRAMES_DIR, MANIFEST_COLUMNS, MANIFEST_NAME, frame_path, read_manifest
+    from dropmae.demo.benchmark import UNSEEN, build_demo_benchmark
+    from dropmae.workflow.stages import demo_benchmark_settings
+
+    if benchmark_seed == demo_benchmark_settings().seed:
+        raise ValueError(f"--benchmark-seed {benchmark_seed} is the demo benchmark's own: its unseen split would be pretrained on")
+    settings = dataclasses.replace(demo_benchmark_settings(), seed=benchmark_seed, train_sequences=1, val_sequences=1,
+                                   train_photo_sequences=0, unseen_sequences=sequences)
+    rendered = output.parent / f".{output.name}-benchmark"
+    build_demo_benchmark(videos_root, rendered, settings)
+    shutil.rmtree(output, ignore_errors=True)
+    manifest = read_manifest(frames_root)
+    for video_id in manifest.loc[manifest["status"] == "ok", "video_id"]:  # the footage itself, linked
+        link = output / FRAMES_DIR / video_id
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(frame_path(frames_root, video_id, 0).parent.resolve(), link)
+    rows = []
+    split_root = rendered / UNSEEN / "got10k" / "val"
+    for sequence in sorted(path for path in split_root.iterdir() if path.is_dir()):
+        video_id = f"unseenlike/{sequence.name}"
+        jpegs = sorted(sequence.glob("*.jpg"))
+        for index, jpeg in enumerate(jpegs):
+            target = frame_path(output, video_id, index)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(jpeg.resolve(), target)
+        width, height = settings.frame_size
+        rows.append({"video_id": video_id, "source_path": str(sequence), "label": "unseenlike", "split": "train",
+                     "frame_count": len(jpegs), "width": width, "height": height, "status": "ok", "reason": ""})
+    pd.concat([manifest, pd.DataFrame(rows, columns=MANIFEST_COLUMNS)]).to_csv(output / MANIFEST_NAME, index=False)
+    return {"videos": int((manifest["split"] == "train").sum()) + len(rows), "unseen_like_sequences": len(rows),
+            "benchmark_seed": benchmark_seed}
+
+
 def score_finetuned(config, task: str, name: str, checkpoint, out: Path) -> dict:
     """A fine-tuned tracker (task "track") or segmenter ("segment") scored on every benchmark its
     section evaluates: benchmark -> its scores; files under ``out``."""
@@ -141,7 +212,7 @@ def score_finetuned(config, task: str, name: str, checkpoint, out: Path) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=["pretrain", "random-init", "probe", "track", "segment", "size-bias", "transfer",
-                                         "score-track", "score-segment"])
+                                         "score-track", "score-segment", "mix-blocks", "unseen-like-frames"])
     parser.add_argument("name", help="the run's name (a folder under OUTPUT/<step>/)")
     parser.add_argument("--checkpoint", help="a pretraining checkpoint (probe, track, segment; none: no pretraining), "
                         "or a fine-tuned one (size-bias, transfer, score-track, score-segment)")
@@ -150,6 +221,10 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--data", default="data/frames/demo", help="extracted frames for pretraining")
     parser.add_argument("--output", default="runs/payoff")
+    parser.add_argument("--random-init", help="mix-blocks: the random-init checkpoint the mix starts from")
+    parser.add_argument("--blocks", type=int, default=0, help="mix-blocks: blocks taken from --checkpoint")
+    parser.add_argument("--sequences", type=int, default=40, help="unseen-like-frames: pseudo-sequences to add")
+    parser.add_argument("--benchmark-seed", type=int, default=7, help="unseen-like-frames: their benchmark seed (not 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the demo runs fine-tunings on one)")
     args = parser.parse_args()
 
@@ -174,6 +249,10 @@ def main() -> None:
                                          out / f"{benchmark}.json", out / f"{benchmark}.png", out / f"raw_{benchmark}",
                                          report=ignore)
             record[benchmark] = _scores(metrics, ("jf", "j", "f"))
+    elif args.step == "mix-blocks":
+        record.update(mix_blocks(args.checkpoint, args.random_init, args.blocks, out / "model.pth"))
+    elif args.step == "unseen-like-frames":
+        record.update(unseen_like_frames(args.data, args.sequences, args.benchmark_seed, out))
     elif args.step == "transfer":
         record.update(transfer(args.checkpoint))
     elif args.step in ("score-track", "score-segment"):  # a fine-tuned checkpoint, scored again (e.g. on a larger split)
