@@ -250,6 +250,8 @@ def main() -> None:
                                          report=ignore)
             record[benchmark] = _scores(metrics, ("jf", "j", "f"))
     elif args.step == "mix-blocks":
+        if not (args.checkpoint and args.random_init) or args.blocks < 0:
+            parser.error("mix-blocks needs --checkpoint (pretrained), --random-init and --blocks >= 0")
         record.update(mix_blocks(args.checkpoint, args.random_init, args.blocks, out / "model.pth"))
     elif args.step == "unseen-like-frames":
         record.update(unseen_like_frames(args.data, args.sequences, args.benchmark_seed, out))
