@@ -128,6 +128,21 @@ def test_backbone_learns_at_a_tenth_of_the_head_lr(benchmark, tmp_path):
     assert task.learning_rate(9.9) == config.tracking.lr and task.learning_rate(10.0) == pytest.approx(config.tracking.lr * 0.1)
 
 
+def test_optional_warmup_raises_the_lr_linearly_then_follows_the_step_schedule(benchmark):
+    from dropmae.config import ConfigError
+    from dropmae.tracking.train import TrackerTask
+
+    config = tracking_config(benchmark, warmup_epochs=4, lr_drop_epoch=10)
+    task = TrackerTask(config, None, None, "t", None)
+    lr = config.tracking.lr
+    assert task.learning_rate(0.0) == 0.0
+    assert task.learning_rate(1.0) == pytest.approx(lr / 4) and task.learning_rate(3.0) == pytest.approx(lr * 3 / 4)
+    assert task.learning_rate(4.0) == lr and task.learning_rate(10.0) == pytest.approx(lr * 0.1)
+    assert TrackerTask(tracking_config(benchmark), None, None, "t", None).learning_rate(0.0) == lr  # the recipe: none
+    with pytest.raises(ConfigError, match="tracking.warmup_epochs"):
+        tracking_config(benchmark, warmup_epochs=12, lr_drop_epoch=10)
+
+
 def test_tracker_runs_sequences_and_the_evaluate_stage_scores_them(benchmark, tmp_path):
     config = tracking_config(benchmark, epochs=1)
     finetune_tracker(config, None, tmp_path / "run", progress=False)

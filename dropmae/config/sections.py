@@ -280,6 +280,9 @@ class TrackingConfig:
     weight_decay: float = 1e-4
     lr_drop_epoch: int = 80
     lr_drop_factor: float = 0.1
+    # Not in OSTrack (0 = off, the recipe): epochs over which the lr rises linearly from 0, as MAE's
+    # fine-tuning recipe does, so the head's first, random gradients do not rewrite a pretrained encoder.
+    warmup_epochs: float = 0.0
     grad_clip_norm: float = 0.1
     focal_weight: float = 1.0
     giou_weight: float = 2.0

@@ -255,7 +255,8 @@ def _validate_tracking(config: Config) -> None:
         _require(getattr(t, key) > 0, f"tracking.{key}", "must be positive", getattr(t, key))
     _require(t.head_channels % 8 == 0, "tracking.head_channels", "must be divisible by 8 (the head halves it three times)", t.head_channels)
     for key in ("center_jitter", "scale_jitter", "weight_decay", "grad_clip_norm", "focal_weight", "giou_weight", "l1_weight",
-                "clip_margin", "num_workers", "checkpoint_every_steps", "ce_start_epoch", "ce_warm_epochs", "drop_path_rate"):
+                "clip_margin", "num_workers", "checkpoint_every_steps", "ce_start_epoch", "ce_warm_epochs", "drop_path_rate",
+                "warmup_epochs"):
         _require(getattr(t, key) >= 0, f"tracking.{key}", "must be >= 0", getattr(t, key))
     for key in ("grayscale_probability", "brightness_jitter", "flip_probability", "hue_rotation_probability",
                 "backbone_lr_scale", "lr_drop_factor"):
@@ -266,6 +267,8 @@ def _validate_tracking(config: Config) -> None:
     # only pretrains a small encoder need not also adjust the tracker's CE blocks.
     _require(not (t.train and t.evaluate) or all(0 <= b < depth for b in t.ce_locations) and len(set(t.ce_locations)) == len(t.ce_locations),
              "tracking.ce_locations", f"must be distinct block indices in [0, {depth}) of the {config.model.encoder} encoder", t.ce_locations)
+    _require(t.warmup_epochs <= t.lr_drop_epoch, "tracking.warmup_epochs",
+             f"must be <= tracking.lr_drop_epoch ({t.lr_drop_epoch}): the lr would drop before it had risen", t.warmup_epochs)
     _require(t.precision in PRECISIONS, "tracking.precision", f"must be one of {list(PRECISIONS)}", t.precision)
 
 

@@ -96,7 +96,10 @@ class TrackerTask(TrainingTask):
     def learning_rate(self, epoch_progress: float) -> float:
         t = self.config.tracking
         # StepLR stepped once per epoch: the drop applies from the first step of lr_drop_epoch.
-        return t.lr * (t.lr_drop_factor if math.floor(epoch_progress) >= t.lr_drop_epoch else 1.0)
+        lr = t.lr * (t.lr_drop_factor if math.floor(epoch_progress) >= t.lr_drop_epoch else 1.0)
+        if epoch_progress < t.warmup_epochs:  # optional linear warmup, per step (off in the recipe)
+            lr *= epoch_progress / t.warmup_epochs
+        return lr
 
     def begin_epoch(self, epoch: int) -> None:
         t = self.config.tracking
