@@ -15,6 +15,7 @@ whole demo. The README's "Does pretraining pay off on the demo?" lists the runs 
     python benchmarks/demo_payoff.py score-segment tw --checkpoint OUTPUT/segment/tw/run/checkpoint-last.pth
     python benchmarks/demo_payoff.py mix-blocks tw_k3 --checkpoint PRETRAINED.pth --random-init RANDOM.pth --blocks 3
     python benchmarks/demo_payoff.py unseen-like-frames ul --sequences 40 --benchmark-seed 7
+    python benchmarks/demo_payoff.py attention tw --checkpoint OUTPUT/pretrain/tw/checkpoint-last.pth
 
 size-bias asks why a tracker loses its target: every third frame of every sequence is tracked from a
 search crop cut around the TRUE previous box (no drift can build up), and it reports the median of
@@ -40,6 +41,11 @@ frame folder (manifest.csv, frames/) with every video of --data plus --sequences
 as the unseen split draws them (its photos, its reserved objects) from benchmark seed --benchmark-seed
 (the benchmark's is 0, so no sequence is one the unseen split scores), all as train videos. Pretrain on
 it with pretrain --data; the folder is for measurement only, never for a model the tables report.
+
+attention measures a pretraining checkpoint's decoder as `dropmae attention-study` does (eval mode, ASAD
+off, the study's mask seed) on the DAG's held-out pairs (analysis.heldout_pairs of the val clips): per
+decoder layer the within- and between-frame shares, the structure (1 - entropy / log L) and the
+same-position share. One checkpoint, no seeds or intervals: the study is for those.
 
 Config: params.yaml + config/demo.yaml unless --config is given, then --set overrides (for example
 a larger val split built with dropmae.demo.benchmark: --set 'tracking.benchmarks={...}'). Trackers
@@ -209,10 +215,26 @@ def score_finetuned(config, task: str, name: str, checkpoint, out: Path) -> dict
     return scores
 
 
+def decoder_attention(config, checkpoint: str, frames_dir: str) -> list[dict]:
+    """The study's MEASURES of each decoder layer of one pretraining checkpoint on the DAG's held-out pairs."""
+    from dropmae.analysis.attention_study import decoder_attention_statistics
+    from dropmae.config import config_from_dict
+    from dropmae.data.pairs import whole_frame_pairs
+    from dropmae.engine.pretrain import load_pretrained
+
+    model, state = load_pretrained(checkpoint)
+    trained = config_from_dict(state["config"])  # the checkpoint's own input size and frame gap
+    a = config.analysis
+    heldout = whole_frame_pairs(frames_dir, trained.model.img_size, trained.pretrain.frame_gap, split="val", seed=a.seed)
+    pairs = torch.utils.data.Subset(heldout, range(min(a.heldout_pairs, len(heldout))))
+    table = decoder_attention_statistics(model, pairs, num_pairs=len(pairs), batch_size=a.batch_size)
+    return [{key: round(float(value), 5) for key, value in row.items()} for row in table.to_dict("records")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=["pretrain", "random-init", "probe", "track", "segment", "size-bias", "transfer",
-                                         "score-track", "score-segment", "mix-blocks", "unseen-like-frames"])
+                                         "score-track", "score-segment", "mix-blocks", "unseen-like-frames", "attention"])
     parser.add_argument("name", help="the run's name (a folder under OUTPUT/<step>/)")
     parser.add_argument("--checkpoint", help="a pretraining checkpoint (probe, track, segment; none: no pretraining), "
                         "or a fine-tuned one (size-bias, transfer, score-track, score-segment)")
@@ -257,6 +279,10 @@ def main() -> None:
         record.update(unseen_like_frames(args.data, args.sequences, args.benchmark_seed, out))
     elif args.step == "transfer":
         record.update(transfer(args.checkpoint))
+    elif args.step == "attention":
+        if not args.checkpoint:
+            parser.error("attention needs --checkpoint (a pretraining checkpoint)")
+        record["layers"] = decoder_attention(config, args.checkpoint, args.data)
     elif args.step in ("score-track", "score-segment"):  # a fine-tuned checkpoint, scored again (e.g. on a larger split)
         record.update(score_finetuned(config, args.step.removeprefix("score-"), args.name, args.checkpoint, out))
     elif args.step == "size-bias":
