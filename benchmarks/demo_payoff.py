@@ -43,7 +43,8 @@ as the unseen split draws them (its photos, its reserved objects) from benchmark
 it with pretrain --data; the folder is for measurement only, never for a model the tables report.
 
 attention measures a pretraining checkpoint's decoder as `dropmae attention-study` does (eval mode, ASAD
-off, the study's mask seed) on the DAG's held-out pairs (analysis.heldout_pairs of the val clips): per
+off, the study's mask seed) on the pairs the DAG's analyse measures (one per val clip, at most
+analysis.heldout_pairs): per
 decoder layer the within- and between-frame shares, the structure (1 - entropy / log L) and the
 same-position share. One checkpoint, no seeds or intervals: the study is for those.
 
