@@ -44,9 +44,8 @@ it with pretrain --data; the folder is for measurement only, never for a model t
 
 attention measures a pretraining checkpoint's decoder as `dropmae attention-study` does (eval mode, ASAD
 off, the study's mask seed) on the pairs the DAG's analyse measures (one per val clip, at most
-analysis.heldout_pairs): per
-decoder layer the within- and between-frame shares, the structure (1 - entropy / log L) and the
-same-position share. One checkpoint, no seeds or intervals: the study is for those.
+analysis.heldout_pairs): per decoder layer the within- and between-frame shares, the structure
+(1 - entropy / log L) and the same-position share. One checkpoint, no seeds or intervals: the study is for those.
 
 Config: params.yaml + config/demo.yaml unless --config is given, then --set overrides (for example
 a larger val split built with dropmae.demo.benchmark: --set 'tracking.benchmarks={...}'). Trackers
