@@ -16,6 +16,7 @@ whole demo. The README's "Does pretraining pay off on the demo?" lists the runs 
     python benchmarks/demo_payoff.py mix-blocks tw_k3 --checkpoint PRETRAINED.pth --random-init RANDOM.pth --blocks 3
     python benchmarks/demo_payoff.py unseen-like-frames ul --sequences 40 --benchmark-seed 7
     python benchmarks/demo_payoff.py attention tw --checkpoint OUTPUT/pretrain/tw/checkpoint-last.pth
+    python benchmarks/demo_payoff.py compare 'tw_4k_s*' --against 'rnd_s*'
 
 size-bias asks why a tracker loses its target: every third frame of every sequence is tracked from a
 search crop cut around the TRUE previous box (no drift can build up), and it reports the median of
@@ -47,6 +48,11 @@ off, the study's mask seed) on the pairs the DAG's analyse measures (one per val
 analysis.heldout_pairs): per decoder layer the within- and between-frame shares, the structure
 (1 - entropy / log L) and the same-position share. One checkpoint, no seeds or intervals: the study is for those.
 
+compare asks whether one setting beats another beyond the seed's noise: the runs of OUTPUT/results.jsonl
+whose names match NAME (a shell pattern, quoted) against those matching --against, per benchmark the mean
+difference (AO for trackers, J&F for segmenters and probes, in points) and Welch's t interval of it
+(dropmae.analysis.seed_comparison). Name a setting's seeds alike (tw_4k_s0, tw_4k_s1, ...) to compare them.
+
 Config: params.yaml + config/demo.yaml unless --config is given, then --set overrides (for example
 a larger val split built with dropmae.demo.benchmark: --set 'tracking.benchmarks={...}'). Trackers
 and segmenters are scored on every tracking.evaluate / segmentation.evaluate benchmark; the
@@ -64,6 +70,7 @@ from pathlib import Path
 
 import torch
 
+from dropmae.analysis.seed_comparison import compare_groups, differences_markdown
 from dropmae.config import load_config, resolve_run
 from dropmae.engine.pretrain import pretrain
 from dropmae.workflow import stages
@@ -234,8 +241,9 @@ def decoder_attention(config, checkpoint: str, frames_dir: str) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=["pretrain", "random-init", "probe", "track", "segment", "size-bias", "transfer",
-                                         "score-track", "score-segment", "mix-blocks", "unseen-like-frames", "attention"])
-    parser.add_argument("name", help="the run's name (a folder under OUTPUT/<step>/)")
+                                         "score-track", "score-segment", "mix-blocks", "unseen-like-frames", "attention",
+                                         "compare"])
+    parser.add_argument("name", help="the run's name (a folder under OUTPUT/<step>/); compare: a pattern of run names")
     parser.add_argument("--checkpoint", help="a pretraining checkpoint (probe, track, segment; none: no pretraining), "
                         "or a fine-tuned one (size-bias, transfer, score-track, score-segment)")
     parser.add_argument("--method", default="twinmae", choices=["twinmae", "dropmae"])
@@ -247,8 +255,17 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=0, help="mix-blocks: blocks taken from --checkpoint")
     parser.add_argument("--sequences", type=int, default=40, help="unseen-like-frames: pseudo-sequences to add")
     parser.add_argument("--benchmark-seed", type=int, default=7, help="unseen-like-frames: their benchmark seed (not 0)")
+    parser.add_argument("--against", help="compare: the pattern of the baseline's run names (for example 'rnd_s*')")
+    parser.add_argument("--confidence", type=float, default=0.95, help="compare: the interval's confidence")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the demo runs fine-tunings on one)")
     args = parser.parse_args()
+    if args.step == "compare":  # reads results.jsonl, runs nothing and appends nothing
+        if not args.against:
+            parser.error("compare needs --against PATTERN (the baseline's run names)")
+        differences = compare_groups(Path(args.output) / "results.jsonl", args.name, args.against, args.confidence)
+        print(differences_markdown(differences, args.name, args.against), end="")
+        print(json.dumps([difference.as_dict() for difference in differences]))
+        return
 
     torch.set_num_threads(args.threads)
     config = load_config(args.config or ["params.yaml", "config/demo.yaml"], args.overrides)
