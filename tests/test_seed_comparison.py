@@ -60,9 +60,9 @@ def test_bad_groups_are_named(tmp_path, records, pattern, against, message):
 
 
 def test_missing_file_and_broken_line_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no results file"):
+    with pytest.raises(ValueError, match="none.jsonl: no such file"):
         compare_groups(tmp_path / "none.jsonl", "a", "b")
     broken = tmp_path / "results.jsonl"
     broken.write_text(json.dumps(_track("a", 0.1, 0.1)) + "\n{not json\n")
-    with pytest.raises(ValueError, match=r"results.jsonl:2: not a JSON line"):
+    with pytest.raises(ValueError, match=r"results.jsonl, line 2: not valid JSON"):
         compare_groups(broken, "a", "b")

@@ -10,13 +10,14 @@ different seeds of different settings, so they are neither paired nor of equal v
 from __future__ import annotations
 
 import fnmatch
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import ttest_ind
+
+from dropmae.analysis.training_log import json_lines
 
 # The score each step reports per benchmark: AO for trackers, J&F for segmenters and the probe.
 SCORE_BY_STEP = {"track": "ao", "score-track": "ao", "segment": "jf", "score-segment": "jf", "probe": "jf"}
@@ -42,18 +43,9 @@ class GroupDifference:
 
 
 def read_runs(results: str | Path) -> list[dict]:
-    """Every record of a results.jsonl; a later record of a name replaces an earlier one (a rerun)."""
-    path = Path(results)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no results file (benchmarks/demo_payoff.py writes one per --output)")
+    """Every scored record of a results.jsonl; a later record of a name replaces an earlier one (a rerun)."""
     latest: dict[str, dict] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not a JSON line ({error.msg})") from None
+    for _, record in json_lines(Path(results)):
         if record.get("step") in SCORE_BY_STEP:
             latest[record["name"]] = record
     return list(latest.values())

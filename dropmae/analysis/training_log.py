@@ -52,8 +52,9 @@ class LossCurve:
         return (np.array(list(self.losses), dtype=float) + 0.5) / self.total_epochs
 
 
-def _json_lines(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) of every non-blank line."""
+def json_lines(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of every non-blank line; a missing or empty file, or a line that is not a
+    JSON object, is a TrainingLogError naming the file and line."""
     if not path.is_file():
         raise TrainingLogError(f"{path}: no such file")
     found = False
@@ -91,7 +92,7 @@ def read_reference_log(path: str | Path, total_epochs: int | None = None) -> Los
     """
     path = Path(path)
     losses: dict[int, float] = {}
-    for number, record in _json_lines(path):
+    for number, record in json_lines(path):
         epoch = _field(record, "epoch", path, number, integer=True)
         # A resumed MAE run appends the epochs after its checkpoint again: the later line wins.
         losses[epoch] = _field(record, "train_loss", path, number)
@@ -125,7 +126,7 @@ def read_run_log(run_dir: str | Path) -> LossCurve:
     losses: dict[int, float] = {}
     resumed: set[int] = set()
     start = None
-    for number, record in _json_lines(path):
+    for number, record in json_lines(path):
         event = record.get("event")
         if event == "start" and start is None:
             start = record
