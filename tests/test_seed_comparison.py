@@ -1,6 +1,7 @@
 """Seeded runs compared with Welch's interval (dropmae.analysis.seed_comparison)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -52,10 +53,12 @@ def test_a_rerun_replaces_the_earlier_record_of_its_name(tmp_path):
      "'b_*' has 1 run(s) scored on 'demo'"),
     ([_track("a_s0", 0.3, 0.3), _track("a_s1", 0.3, 0.3), {"step": "segment", "name": "b_s0", "demo": {"jf": 0.5}}],
      "a_*", "b_*", "'a_*' reports ao but 'b_*' reports jf"),
+    ([_track("a_s0", 0.3, 0.3), _track("a_s1", 0.3, 0.3), _track("ab_s0", 0.3, 0.3)], "a*", "ab_*",
+     "'a*' and 'ab_*' both match ['ab_s0']"),
 ])
 def test_bad_groups_are_named(tmp_path, records, pattern, against, message):
     results = _write(tmp_path / "results.jsonl", records)
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         compare_groups(results, pattern, against)
 
 

@@ -76,6 +76,9 @@ def compare_groups(results: str | Path, name: str, against: str, confidence: flo
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     runs = read_runs(results)
     group, baseline = _group(runs, name, str(results)), _group(runs, against, str(results))
+    shared = sorted({run["name"] for run in group} & {run["name"] for run in baseline})
+    if shared:
+        raise ValueError(f"{results}: {name!r} and {against!r} both match {shared}: a run counts in one group only")
     score = SCORE_BY_STEP[group[0]["step"]]
     if SCORE_BY_STEP[baseline[0]["step"]] != score:
         raise ValueError(f"{results}: {name!r} reports {score} but {against!r} reports "
