@@ -262,7 +262,10 @@ def main() -> None:
     if args.step == "compare":  # reads results.jsonl, runs nothing and appends nothing
         if not args.against:
             parser.error("compare needs --against PATTERN (the baseline's run names)")
-        differences = compare_groups(Path(args.output) / "results.jsonl", args.name, args.against, args.confidence)
+        try:
+            differences = compare_groups(Path(args.output) / "results.jsonl", args.name, args.against, args.confidence)
+        except ValueError as error:  # a bad pattern or file: its message, not a traceback
+            parser.error(str(error))
         print(differences_markdown(differences, args.name, args.against), end="")
         print(json.dumps([difference.as_dict() for difference in differences]))
         return
